@@ -1,0 +1,27 @@
+"""Encoders, decoder and heads by name, and the attention backend dispatch (DESIGN.md §1, §5).
+
+``create_model("vit_base_patch16")`` builds an encoder from the registry; ``list_models()``
+names them. Models may import :mod:`fastspec.kernels`, :mod:`fastspec.masking` and
+:mod:`fastspec._logging` only.
+"""
+
+# the function `attention` is not re-exported: it would shadow the submodule of the same name
+from fastspec.models.attention import attention_backend, attention_report
+from fastspec.models.decoder import MAEDecoder
+from fastspec.models.pos_embed import cached_sincos_2d, sincos_1d, sincos_2d
+from fastspec.models.registry import create_model, list_models, register_model
+from fastspec.models.vit import ViTEncoder, pad_frames
+
+__all__ = [
+    "MAEDecoder",
+    "ViTEncoder",
+    "attention_backend",
+    "attention_report",
+    "cached_sincos_2d",
+    "create_model",
+    "list_models",
+    "pad_frames",
+    "register_model",
+    "sincos_1d",
+    "sincos_2d",
+]

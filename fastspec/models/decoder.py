@@ -1,0 +1,113 @@
+"""MAE decoder (MaskSpec / Audio-MAE): reconstructs every patch from the encoder's kept tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fastspec.masking import restore_tokens
+from fastspec.models.layers import Block, init_mae_
+from fastspec.models.pos_embed import cached_sincos_2d
+
+
+class MAEDecoder(nn.Module):
+    """Light transformer that maps encoder latents of the kept tokens to all N patches.
+
+    Steps: project to ``decoder_dim``; put a learned mask token at every dropped position;
+    add 2-D sin-cos positions of the full grid; run blocks with the class token first; final
+    LayerNorm; linear to ``patch_dim`` values per patch; drop the class token.
+
+    Args:
+        encoder_dim: D_enc, width of the encoder output.
+        decoder_dim: D_dec (512 in MAE / Audio-MAE); a multiple of 4 and of ``num_heads``.
+        depth: decoder blocks (8 in MAE).
+        num_heads: attention heads (16 in MAE).
+        patch_dim: values predicted per patch, pt * pf (256 for 16x16).
+        mlp_ratio: MLP hidden width over D_dec.
+        device, dtype: where and in what dtype parameters are created.
+    """
+
+    def __init__(
+        self,
+        encoder_dim: int,
+        decoder_dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        patch_dim: int = 256,
+        mlp_ratio: float = 4.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if decoder_dim % 4:
+            raise ValueError(
+                f"decoder_dim must be a multiple of 4 (2-D sin-cos), got {decoder_dim}"
+            )
+        self.encoder_dim = encoder_dim
+        self.decoder_dim = decoder_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.patch_dim = patch_dim
+        self.mlp_ratio = float(mlp_ratio)
+
+        factory = {"device": device, "dtype": dtype}
+        self.decoder_embed = nn.Linear(encoder_dim, decoder_dim, **factory)
+        self.mask_token = nn.Parameter(torch.empty(decoder_dim, **factory))  # [D_dec]
+        self.blocks = nn.ModuleList(
+            Block(decoder_dim, num_heads, mlp_ratio, qkv_bias=True, norm_eps=1e-6, **factory)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(decoder_dim, eps=1e-6, **factory)
+        self.decoder_pred = nn.Linear(decoder_dim, patch_dim, **factory)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """MAE init: xavier linears, zero biases, LayerNorm identity, mask token ~ N(0, 0.02)."""
+        init_mae_(self)
+        with torch.no_grad():
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    def arch_config(self) -> dict:
+        """JSON-safe constructor kwargs: ``MAEDecoder(**cfg)`` rebuilds this architecture."""
+        return {
+            "encoder_dim": self.encoder_dim,
+            "decoder_dim": self.decoder_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "patch_dim": self.patch_dim,
+            "mlp_ratio": self.mlp_ratio,
+        }
+
+    def forward(self, latent: Tensor, ids_restore: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Predict every patch.
+
+        Args:
+            latent: [B, 1 + K, D_enc] encoder output, class token first, kept tokens in
+                ``ids_keep`` order.
+            ids_restore: [B, N] int64 (``Mask.ids_restore``): where each grid token sits in
+                ``cat(kept, masked)`` order.
+            grid: (T_p, F_p) with T_p * F_p = N.
+
+        Returns:
+            pred: [B, N, patch_dim] in grid order (``n = t * F_p + f``), for every token; the
+            loss usually keeps only the masked ones.
+        """
+        b, n = ids_restore.shape
+        if grid[0] * grid[1] != n:
+            raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens, ids_restore {n}")
+        if latent.dim() != 3 or latent.shape[0] != b or not 1 <= latent.shape[1] <= n + 1:
+            raise ValueError(
+                f"latent must be [B, 1 + K, D_enc] with B = {b}, K <= {n}, "
+                f"got shape {tuple(latent.shape)}"
+            )
+        x = self.decoder_embed(latent)  # [B, 1 + K, D_dec]
+        tokens = restore_tokens(x[:, 1:], ids_restore, self.mask_token)  # [B, N, D_dec]
+        # positions of the full grid; fp32 parameters promote the sum as in the encoder
+        tokens = tokens + cached_sincos_2d(
+            tuple(grid), self.decoder_dim, latent.device, self.mask_token.dtype
+        )
+        x = torch.cat([x[:, :1].to(tokens.dtype), tokens], dim=1)  # class token: zero position
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return self.decoder_pred(x[:, 1:])  # drop the class token -> [B, N, patch_dim]

@@ -1,0 +1,83 @@
+"""Pre-norm transformer block shared by the encoders and the MAE decoder, and MAE's init."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fastspec.models.attention import attention
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection; the kernel is picked by
+    :func:`fastspec.models.attention.attention`."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, device=device, dtype=dtype)
+        self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """x: [B, N, D], key_padding_mask: [B, N] bool (True = padding) -> [B, N, D]."""
+        b, n, d = x.shape
+        # [B, N, 3 * D] -> [3, B, H, N, Dh]: one projection, then views for q, k, v
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = attention(qkv[0], qkv[1], qkv[2], key_padding_mask)  # [B, H, N, Dh]
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU (exact erf, as timm/MAE) -> Linear."""
+
+    def __init__(self, dim: int, hidden_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim, device=device, dtype=dtype)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps, device=device, dtype=dtype)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias, device=device, dtype=dtype)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, device=device, dtype=dtype)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """x: [B, N, D], key_padding_mask: [B, N] bool (True = padding) -> [B, N, D]."""
+        x = x + self.attn(self.norm1(x), key_padding_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+@torch.no_grad()
+def init_mae_(module: nn.Module) -> None:
+    """MAE's init, applied to every submodule: xavier-uniform linear weights, zero biases,
+    LayerNorm to identity. Works on the meta device (the init calls are no-ops there)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            # xavier on the whole [out, in] weight, including the fused QKV (as MAE, not timm)
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,18 @@
+"""Training: config tree, loop, checkpoints, metrics.
+
+``pretrain(cfg)`` runs a recipe end to end; ``default_config`` / ``apply_override`` build the
+typed config the CLI fills in.
+"""
+
+from fastspec.train.config import Config, ConfigError, apply_override, default_config
+from fastspec.train.loop import NonFiniteLossError, RunResult, pretrain
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "NonFiniteLossError",
+    "RunResult",
+    "apply_override",
+    "default_config",
+    "pretrain",
+]

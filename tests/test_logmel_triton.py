@@ -1,0 +1,239 @@
+"""Fused Triton log-mel kernel against the float64 torch reference.
+
+On a CPU-only machine this runs under the Triton interpreter, which must be switched on before
+the kernel is decorated: ``TRITON_INTERPRET=1`` in the environment before
+``fastspec.kernels.logmel`` is imported (tests/conftest.py sets it when CUDA is absent). Shapes are
+tiny because every interpreted launch takes about a second.
+
+Tolerance (STYLE.md): the kernel's error against float64 may be at most twice the float32 torch
+backend's error on the same input, plus 1e-3 log units (the front end's accuracy budget,
+DESIGN.md §6) for bins near the log floor, where a direct float32 DFT and a float32 FFT round
+differently (see the precision notes in kernels/logmel.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastspec.frontend import get_preset, logmel, logmel_reference, num_frames, resolve_backend
+
+triton = pytest.importorskip("triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _kernel_module():
+    from fastspec.kernels import logmel as kernel_module
+
+    return kernel_module
+
+
+def _interpreted() -> bool:
+    try:
+        return _kernel_module().INTERPRETED
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and not _interpreted(),
+    reason="Triton kernels need CUDA, or TRITON_INTERPRET=1 set before fastspec.kernels.logmel "
+    "is imported (tests/conftest.py sets it on CPU-only machines)",
+)
+
+
+def _wave(num_clips: int, num_samples: int, seed: int) -> torch.Tensor:
+    """Noise, a chirp and a tone over a -40 dB floor, one per clip, cycling."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(num_samples) / 16000
+    clips = []
+    for i in range(num_clips):
+        floor = 0.005 * rng.standard_normal(num_samples)
+        if i % 3 == 0:
+            x = 0.1 * rng.standard_normal(num_samples)
+        elif i % 3 == 1:
+            x = 0.3 * np.sin(2 * np.pi * (200.0 * t + 9000.0 * t**2)) + floor
+        else:
+            x = 0.5 * np.sin(2 * np.pi * 440.0 * t) + 0.1 * np.sin(2 * np.pi * 5100.0 * t) + floor
+        clips.append(x)
+    return torch.tensor(np.stack(clips), dtype=torch.float32)
+
+
+def _errors(got: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    err = (got.double() - expected).abs()
+    return err.max().item(), err.mean().item()
+
+
+CASES = [
+    # id, preset, n_mels, num_samples, lengths (None: full)
+    pytest.param("kaldi", 128, 4321, [4321, 2777], id="kaldi-B2-S4321-F128"),
+    pytest.param("kaldi", 40, 1999, [1999, 1999, 1000], id="kaldi-B3-S1999-F40"),
+    pytest.param("atst", 64, 3001, [3001, 1500], id="atst-B2-S3001-F64"),
+    pytest.param("atst", 64, 400, [400], id="atst-B1-S400-F64"),  # shorter than n_fft / 2
+]
+
+
+@pytest.mark.parametrize("preset, n_mels, num_samples, lengths", CASES)
+def test_triton_matches_float64_reference(preset, n_mels, num_samples, lengths):
+    cfg = get_preset(preset, n_mels=n_mels)
+    wave = _wave(len(lengths), num_samples, seed=num_samples).to(DEVICE)
+    lengths_t = torch.tensor(lengths, device=DEVICE)
+    expected = logmel_reference(wave.double(), lengths_t, cfg, normalize=False)
+    got = logmel(wave, lengths=lengths_t, preset=cfg, normalize=False, backend="triton")
+    torch_fp32 = logmel(wave, lengths=lengths_t, preset=cfg, normalize=False, backend="torch")
+    assert got.shape == expected.shape == (len(lengths), num_frames(num_samples, cfg), n_mels)
+    assert got.dtype == torch.float32
+    got_max, got_mean = _errors(got, expected)
+    ref_max, ref_mean = _errors(torch_fp32, expected)
+    assert got_max <= 2 * ref_max + 1e-3, (got_max, ref_max)
+    assert got_mean <= 2 * ref_mean + 1e-5, (got_mean, ref_mean)
+    # frames past each clip's length are exactly zero
+    for b, length in enumerate(lengths):
+        assert (got[b, num_frames(length, cfg) :] == 0.0).all()
+
+
+@pytest.mark.parametrize("preset", ["kaldi", "atst"])
+def test_triton_normalised_output_and_padding(preset):
+    cfg = get_preset(preset)
+    wave = _wave(2, 2500, seed=1).to(DEVICE)
+    wave[1, 1700:] = float("nan")  # past lengths[1]: never read
+    lengths = torch.tensor([2500, 1700], device=DEVICE)
+    got = logmel(wave, lengths=lengths, preset=cfg, backend="triton")
+    clean = torch.where(torch.isnan(wave), torch.zeros_like(wave), wave)
+    expected = logmel_reference(clean.double(), lengths, cfg)
+    n_valid = num_frames(1700, cfg)
+    assert torch.isfinite(got).all() and (got[1, n_valid:] == 0.0).all()
+    # 2e-3 ln units for Kaldi, 1e-2 dB for ATST, scaled into normalised units
+    tol = (2e-3 if preset == "kaldi" else 1e-2) * cfg.norm_affine()[0]
+    assert _errors(got, expected)[0] <= tol
+
+
+def test_triton_zero_frames_short_clips_and_1d_input():
+    cfg = get_preset("kaldi")
+    out = logmel(torch.zeros(2, 399, device=DEVICE), preset=cfg, backend="triton")
+    assert out.shape == (2, 0, 128)
+    short = logmel(
+        torch.zeros(2, 1000, device=DEVICE),
+        lengths=torch.tensor([1000, 300], device=DEVICE),
+        preset=cfg,
+        backend="triton",
+    )
+    assert short.shape == (2, 4, 128) and (short[1] == 0.0).all()
+    assert torch.isfinite(short).all()
+    single = logmel(torch.zeros(1000, device=DEVICE), preset=cfg, backend="triton")
+    torch.testing.assert_close(single, short[0])
+
+
+def test_triton_int16_input_matches_float_input():
+    from fastspec.kernels.logmel import fused_logmel
+
+    from fastspec.frontend.features import _triton_plan
+
+    cfg = get_preset("kaldi", n_mels=40)
+    pcm = (_wave(1, 1200, seed=3) * 32767).round().to(torch.int16).to(DEVICE)
+    plan = _triton_plan(cfg, torch.device(DEVICE))
+    got = fused_logmel(pcm, None, plan)
+    expected = fused_logmel(pcm.float() / 32768.0, None, plan)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_launcher_rejects_bad_arguments():
+    from fastspec.kernels.logmel import logmel_fwd
+
+    from fastspec.frontend.features import _triton_plan
+
+    plan = _triton_plan(get_preset("kaldi"), torch.device(DEVICE))
+    wave = torch.zeros(2, 1000, device=DEVICE)
+    with pytest.raises(ValueError, match="precision"):
+        logmel_fwd(wave, torch.tensor([1000, 1000], device=DEVICE), plan, precision="fp8")
+    with pytest.raises(ValueError, match="lengths"):
+        logmel_fwd(wave, torch.tensor([1000.0, 1000.0], device=DEVICE), plan)
+    with pytest.raises(ValueError, match=r"\[B, S\]"):
+        logmel_fwd(wave[0], torch.tensor([1000], device=DEVICE), plan)
+
+
+def test_triton_backend_is_selected_where_it_can_run(monkeypatch):
+    monkeypatch.delenv("FASTSPEC_FRONTEND_BACKEND", raising=False)
+    assert resolve_backend("triton", DEVICE) == "triton"
+    assert resolve_backend("auto", DEVICE) == ("triton" if DEVICE == "cuda" else "torch")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="compilation cache exists only for compiled kernels")
+def test_variable_lengths_do_not_recompile():
+    kernel = _kernel_module()._logmel_fwd_kernel
+    device = torch.cuda.current_device()
+
+    def compiled() -> int:
+        # triton 3.x: device_caches[device] = (kernel_cache, key_cache, target, backend, binder)
+        return len(kernel.device_caches[device][0])
+
+    cfg = get_preset("kaldi")
+    logmel(torch.randn(2, 16000, device="cuda") * 0.1, preset=cfg, backend="triton")
+    before = compiled()
+    for num_samples in (16001, 16019, 31999, 48000):
+        lengths = torch.tensor([num_samples, num_samples // 2 + 3], device="cuda")
+        wave = torch.randn(2, num_samples, device="cuda") * 0.1
+        logmel(wave, lengths=lengths, preset=cfg, backend="triton")
+    assert compiled() == before
+
+
+# Compiles the kernel exactly as logmel_fwd would launch it on an H100, down to a cubin through
+# the ptxas that ships with Triton: catches what the interpreter cannot (layouts, register
+# allocation, unsupported ops) on a machine without a GPU. Runs in a fresh interpreter because
+# this process may hold the interpreted version of the kernel.
+_COMPILE_FOR_SM90 = r"""
+import sys
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+
+from fastspec.frontend import get_preset
+from fastspec.frontend.features import _triton_plan
+from fastspec.kernels import logmel as K
+
+preset, precision, wave_type = sys.argv[1:4]
+assert not K.INTERPRETED
+plan = _triton_plan(get_preset(preset, precision=precision), torch.device("cpu"))
+block_t, num_warps = K._launch_config(precision)
+meta = K.kernel_constexprs(plan, precision, block_t)
+runtime = {
+    "wave_ptr": wave_type, "lengths_ptr": "*i64", "basis_ptr": "*fp32", "mel_ptr": "*fp32",
+    "out_ptr": "*fp32", "clip_max_ptr": "*fp32", "n_samples": "i32", "n_frames": "i32",
+    "stride_wave_b": "i32", "hop_length": "i32", "pad_left": "i32", "in_scale": "fp32",
+    "log_floor": "fp32", "log_mult": "fp32", "norm_mul": "fp32", "norm_add": "fp32",
+}
+kernel = K._logmel_fwd_kernel
+signature = {**runtime, **{name: "constexpr" for name in meta}}
+constexprs = {(kernel.arg_names.index(name),): value for name, value in meta.items()}
+binary = compile(
+    ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+    target=GPUTarget("cuda", 90, 32),
+    options={"num_warps": num_warps},
+)
+assert binary.asm["cubin"], "no cubin"
+print("compiled", preset, precision, wave_type)
+"""
+
+
+@pytest.mark.parametrize(
+    "preset, precision, wave_type",
+    [("kaldi", "ieee", "*fp32"), ("kaldi", "tf32x3", "*bf16"), ("atst", "ieee", "*i16")],
+    ids=lambda v: v.strip("*"),
+)
+def test_kernel_compiles_for_sm90_without_a_gpu(preset, precision, wave_type):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_SM90, preset, precision, wave_type],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compiled" in result.stdout
