@@ -258,3 +258,68 @@ def test_compiled_run_trains(tmp_path):
     result = pretrain(tiny_config(tmp_path / "compiled", **{"train.compile": True,
                                                             "train.steps": 2}))  # fmt: skip
     assert result.step == 2 and math.isfinite(result.final_loss)
+
+
+class _ProbeRecipe(torch.nn.Module):
+    """A minimal recipe that records the loop's hook calls and reports extra scalars."""
+
+    calls: list = []
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.head = torch.nn.Linear(encoder.embed_dim, 1)
+        self.teacher_w = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def forward(self, mel, generator=None):
+        from fastspec.models.vit import pad_frames
+
+        tokens = self.encoder.forward_features(pad_frames(mel, 16))
+        loss = self.head(tokens[:, 0]).pow(2).mean()
+        return {"loss": loss, "probe_stat": torch.tensor(2.0, device=mel.device)}
+
+    def before_step(self, step, total):
+        self.calls.append(("before", step, total))
+
+    def after_step(self, step, total):
+        self.calls.append(("after", step, total))
+        self.teacher_w.add_(1.0)  # stands for an EMA update: must reach the checkpoint
+
+    def health(self, stats):
+        return [f"probe health {stats['probe_stat']:.1f}"]
+
+    def train_flops_per_clip(self, n_frames):
+        return 1.0
+
+
+def test_recipe_hooks_stats_and_weight_decay_schedule(tmp_path, caplog, monkeypatch):
+    from fastspec.recipes import _RECIPES, register_recipe
+
+    monkeypatch.setitem(_RECIPES, "probe", _RECIPES.get("probe"))  # removed again after the test
+    register_recipe("probe", _ProbeRecipe)
+    _ProbeRecipe.calls = []
+    cfg = tiny_config(tmp_path / "probe", **{"recipe": "probe", "train.steps": 4,
+                                             "train.log_every": 2, "train.ckpt_every": 4, "optim.weight_decay": 0.04,
+                                             "optim.weight_decay_end": 0.4})  # fmt: skip
+    result = pretrain(cfg)
+    assert _ProbeRecipe.calls == [(k, s, 4) for s in range(4) for k in ("before", "after")]
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [r["probe_stat"] for r in records] == [2.0, 2.0]
+    assert "probe health 2.0" in caplog.text
+    state = load_checkpoint(list_checkpoints(result.run_dir)[-1][1])["model"]
+    assert state["teacher_w"].item() == 4.0  # the teacher is checkpointed, not optimised
+
+
+def test_weight_decay_schedule_is_a_cosine_to_the_end_value():
+    from fastspec.train.loop import weight_decay_at
+
+    cfg = default_config()
+    for key, value in {"train.steps": 11, "optim.weight_decay": 0.04,
+                       "optim.weight_decay_end": 0.4}.items():  # fmt: skip
+        apply_override(cfg, f"{key}={value}")
+    values = [weight_decay_at(s, cfg) for s in range(11)]
+    assert values[0] == pytest.approx(0.04) and values[-1] == pytest.approx(0.4)
+    assert values[5] == pytest.approx(0.22)
+    assert all(a < b for a, b in zip(values, values[1:]))
+    apply_override(cfg, "optim.weight_decay_end=none")
+    assert weight_decay_at(7, cfg) == 0.04

@@ -22,7 +22,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-RECIPES = ("maskspec",)
 AMP_MODES = ("bf16", "fp16", "none")
 
 
@@ -117,6 +116,8 @@ class OptimConfig:
     """Floor of the cosine decay."""
     weight_decay: float = 0.05
     """AdamW decoupled weight decay (not applied to norms, biases and tokens)."""
+    weight_decay_end: float | None = None
+    """When set, weight decay follows a cosine from ``weight_decay`` to this value (DINO)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas (MAE's)."""
     warmup_steps: int = 2000
@@ -131,6 +132,12 @@ class OptimConfig:
         _check(self.lr is None or self.lr > 0, "optim.lr", self.lr, "must be > 0")
         _check(self.min_lr >= 0, "optim.min_lr", self.min_lr, "must be >= 0")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(
+            self.weight_decay_end is None or self.weight_decay_end >= 0,
+            "optim.weight_decay_end",
+            self.weight_decay_end,
+            "must be >= 0",
+        )
         _check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "optim.betas",
@@ -213,7 +220,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        _check(self.recipe in RECIPES, "recipe", self.recipe, f"must be one of {RECIPES}")
+        from fastspec.recipes import list_recipes
+
+        recipes = list_recipes()
+        _check(self.recipe in recipes, "recipe", self.recipe, f"must be one of {recipes}")
 
     @property
     def effective_batch(self) -> int:

@@ -73,15 +73,27 @@ def lr_at(step: int, cfg: Config) -> float:
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def weight_decay_at(step: int, cfg: Config) -> float:
+    """Weight decay of step ``step``: constant, or cosine to ``optim.weight_decay_end`` (DINO)."""
+    start, end = cfg.optim.weight_decay, cfg.optim.weight_decay_end
+    if end is None:
+        return start
+    progress = min(step / max(cfg.train.steps - 1, 1), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on biases, norms and learned tokens (anything with < 2 dims)."""
+    """AdamW groups: no decay on biases, norms and learned tokens (anything with < 2 dims).
+
+    Parameters with ``requires_grad=False`` (an EMA teacher) are left out of the optimizer.
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "decay": True},
+        {"params": no_decay, "weight_decay": 0.0, "decay": False},
     ]
 
 
@@ -117,7 +129,7 @@ def recipe_options(cfg: Config) -> dict:
             "mask_ratio": cfg.masking.ratio,
             "norm_pix_loss": cfg.masking.norm_pix_loss,
         }
-    raise ConfigError(f"no options mapping for recipe {cfg.recipe!r}")
+    return {}  # a recipe without a config section takes no options
 
 
 def prepare_run_dir(cfg: Config, resume: bool) -> Path:
@@ -230,15 +242,24 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
     recipe.train()
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    stat_sums: dict[str, torch.Tensor] = {}  # the recipe's extra scalars, summed on device
     loss_count, last_loss = 0, None
+    # optional hooks of recipes with schedules or an EMA teacher (fastspec.recipes docstring)
+    before_step = getattr(recipe, "before_step", None)
+    after_step = getattr(recipe, "after_step", None)
+    health = getattr(recipe, "health", None)
     t_window, steps_window = time.perf_counter(), 0
     step = start_step
     in_update = False
     try:
         while step < end_step:
-            lr = lr_at(step, cfg)
+            lr, wd = lr_at(step, cfg), weight_decay_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+                if group.get("decay", True):
+                    group["weight_decay"] = wd
+            if before_step is not None:
+                before_step(step, cfg.train.steps)
             step_loss = torch.zeros((), dtype=torch.float32, device=device)
             for micro in range(accum):
                 batch = next(loader)  # logs and counts files skipped while filling it
@@ -248,9 +269,14 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
                     mel = frontend(wave, lengths)  # [B, T, F] float32, no gradient needed
                 mask_gen.manual_seed(_mask_seed(cfg.train.seed, step * accum + micro))
                 with _autocast(device, cfg.train.amp):
-                    loss = recipe(mel, generator=mask_gen)["loss"] / accum
+                    out = recipe(mel, generator=mask_gen)
+                loss = out["loss"] / accum
                 scaler.scale(loss).backward()
                 step_loss += loss.detach().float()
+                for name, value in out.items():
+                    if name != "loss":
+                        total = stat_sums.setdefault(name, torch.zeros((), device=device))
+                        total += value.detach().float() / accum
 
             if cfg.train.nonfinite == "skip" and not bool(torch.isfinite(step_loss)):
                 # host sync (skip mode only): the decision must precede the optimizer step
@@ -266,6 +292,8 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step(step, cfg.train.steps)  # e.g. the EMA teacher follows the student
             nonfinite |= ~torch.isfinite(step_loss)
             loss_sum += step_loss
             loss_count += 1
@@ -283,7 +311,10 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
                         f"stopping, the last checkpoint on disk is intact "
                         f"(lower optim.blr, or set train.nonfinite=skip)"
                     )
-                last_loss = loss_sum.item() / loss_count
+                names = list(stat_sums)
+                sums = torch.stack([loss_sum, *stat_sums.values()]).tolist()  # one transfer
+                last_loss = sums[0] / loss_count
+                stats = {name: v / loss_count for name, v in zip(names, sums[1:])}
                 elapsed = time.perf_counter() - t_window
                 clips_per_s = steps_window * cfg.effective_batch / elapsed
                 record = {
@@ -295,6 +326,10 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
                     # unusable files: found when opening the source, and while loading
                     "skipped_files": len(source.skipped) + len(loader.skipped_files),
                 }
+                record.update(stats)
+                if health is not None:
+                    for warning in health(stats):  # e.g. collapse of a teacher-student recipe
+                        log.warning(f"step {step}: {warning}")
                 if peak:
                     # MFU = achieved model FLOP/s over the device's dense peak; FLOPs per clip
                     # from the recipe's analytic count (fastspec.models.flops)
@@ -302,6 +337,8 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
                 metrics.write(record)
                 progress.set_postfix(loss=f"{last_loss:.4f}", clips_s=f"{clips_per_s:.0f}")
                 loss_sum.zero_()
+                for total in stat_sums.values():
+                    total.zero_()
                 loss_count, steps_window, t_window = 0, 0, time.perf_counter()
             if at_ckpt:
                 checkpoint(step)
