@@ -2,12 +2,32 @@
 
 Metadata lives in pyproject.toml. This file exists for the optional C++ extension
 ``fastspec._C`` (sources in csrc/): it is built here only when FASTSPEC_BUILD_EXT=1, so a
-plain ``pip install`` never needs a compiler.
+plain ``pip install`` never needs a compiler. Without it, the front end compiles the same
+sources on first CPU use into ~/.cache/fastspec (fastspec/frontend/cpp.py, about 2 s).
+
+The extension uses only the CPython C API (no torch headers), so it is a plain setuptools
+Extension. ``-march=native`` targets the building machine (AVX-512 where present); set
+FASTSPEC_ARCH_FLAGS (e.g. "-mavx2 -mfma", or "" for the compiler's default) for a binary that
+must run on other CPUs.
 """
 
 import os
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithCsrc(build_py):
+    """Also ship csrc/ inside the package (``fastspec/_csrc``): an installed (non-editable) copy
+    then still finds the sources to compile ``fastspec._C`` on first use."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "fastspec", "_csrc")
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir("csrc")):
+            if name.endswith((".cpp", ".h")):
+                self.copy_file(os.path.join("csrc", name), os.path.join(target, name))
 
 
 def _packages():
@@ -18,20 +38,24 @@ def _packages():
 
 def _ext_modules():
     if os.environ.get("FASTSPEC_BUILD_EXT") != "1":
-        return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+        return []
+    from setuptools import Extension
 
     sources = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp"))
     if not sources:
         raise RuntimeError("FASTSPEC_BUILD_EXT=1 but csrc/ holds no .cpp sources")
-    ext = CppExtension(
+    arch = os.environ.get("FASTSPEC_ARCH_FLAGS", "-march=native").split()
+    # the same flags as the first-use build in fastspec/frontend/cpp.py
+    flags = ["-O3", *arch, "-fopenmp", "-std=gnu++17", "-ffp-contract=fast", "-fvisibility=hidden"]
+    ext = Extension(
         "fastspec._C",
         sources,
-        extra_compile_args=["-O3", "-fopenmp"],
+        depends=[os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")],
+        extra_compile_args=flags,
         extra_link_args=["-fopenmp"],
+        language="c++",
     )
-    return [ext], {"build_ext": BuildExtension}
+    return [ext]
 
 
-ext_modules, cmdclass = _ext_modules()
-setup(packages=_packages(), ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=_packages(), ext_modules=_ext_modules(), cmdclass={"build_py": BuildPyWithCsrc})

@@ -49,12 +49,23 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def _cpp_status() -> dict | None:
+    try:
+        from fastspec.frontend import cpp
+
+        return cpp.status()  # reports, never builds
+    except Exception as exc:  # the benchmark record must not fail on this
+        return {"state": f"error: {exc}"}
+
+
 def device_info() -> dict:
     """Where the numbers were measured: enough to compare runs across machines."""
     cuda = torch.cuda.is_available()
     return {
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        # other work on the machine skews CPU timings: recorded so a reader can judge a run
+        "loadavg_1_5_15": list(os.getloadavg()),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "cuda": torch.version.cuda,
@@ -67,6 +78,7 @@ def device_info() -> dict:
         "kaldi_native_fbank": _version("kaldi_native_fbank"),
         "torchaudio": _version("torchaudio"),
         "nvidia.dali": _version("nvidia.dali"),
+        "fastspec_cpp": _cpp_status(),
         # an uncommitted tree has no HEAD yet: say so instead of failing
         "git_commit": _git("rev-parse", "HEAD") or "uncommitted",
         "git_dirty": bool(_git("status", "--porcelain")),

@@ -1,7 +1,7 @@
 """Fused log-mel front end: waveform ``[B, S]`` -> features ``[B, T, n_mels]`` in one launch.
 
-Each program owns one clip and ``BLOCK_T`` consecutive frames. It reads the frames straight from
-the waveform with strided (and, for ``center=True``, mirrored) loads, so no frame tensor is ever
+Each program owns one clip and ``BLOCK_T`` frames. It reads the frames straight from the
+waveform with strided (and, for ``center=True``, mirrored) loads, so no frame tensor is ever
 materialised, then for each chunk of ``BLOCK_F`` frequency bins::
 
     re, im = frames @ basis_cos, frames @ basis_sin      # K-chunked tl.dot, fp32 accumulators
@@ -14,33 +14,54 @@ kernel needs neither a frame mean nor a shifted load, and DC removal is exact in
 of a float32 subtraction. Only the FFT bins some mel filter touches are kept (bins 1..255 of 257
 for the Kaldi preset, 4..499 of 513 for ATST).
 
-The ATST preset's ``top_db`` clamp needs each clip's maximum before any value can be finalised:
-the kernel stores the unclamped dB values and folds its block maxima into ``clip_max`` with
-``tl.atomic_max``; a torch epilogue (clamp, normalise, zero padding) then rereads the output once.
-Fusing that epilogue (a grid-wide sync, or a two-phase persistent kernel) is a later step.
+Fused resampling. A polyphase resampler is linear too, so for snip-edges framing the plan may
+carry the resampler folded into the basis (``fastspec.frontend.polyphase.resampled_frame_basis``):
+frames are then read from the waveform at its *source* rate, ``READ_LEN`` source samples per
+frame, and ``N_PHASES`` bases cover frames whose source offset is fractional (frame
+``t = phase + N_PHASES u`` starts at source sample ``u * src_hop + phase_start[phase]``).
+Frame counts follow the resampled length ``ceil(length * len_up / len_down)``.
+
+Input checks without a pass over memory: programs of phase 0 also scan their share of the clip's
+valid samples for NaN / inf and raise a per-clip flag; the launcher reads the flags back (one
+host sync, skipped with ``check_finite=False``).
+
+``top_db`` (ATST) needs each clip's maximum before any value is final: the main kernel stores the
+unclamped dB values in float32 and folds its block maxima into ``clip_max`` with
+``tl.atomic_max``; ``_top_db_epilogue_kernel`` (one read and one write of the output, no host
+sync) then clamps, normalises, zeroes the padding frames and casts to the output dtype.
 
 Gradient: none. The front end feeds the model and is never differentiated, so there is no
-``autograd.Function``; the launcher runs under ``torch.no_grad`` semantics (outputs are detached).
+``autograd.Function``; outputs are detached.
 
-Precision (``precision=``), error against the float64 reference in unnormalised log units
-(ln for Kaldi, dB for ATST), max / mean over 1 s clips:
+Precision (``precision=``): the mode of both ``tl.dot``. The interpreter computes every mode in
+fp32, so the tensor-core modes are measured by emulating their operand rounding and splitting
+with fp32 sums (``kernels.reference.dot_emulated``, ``benchmarks/frontend_precision.py``,
+``benchmarks/results/frontend-precision.json``). Error against float64, Kaldi 128 mel, ln units,
+max / mean, on the benchmark audio (noise, chirps, tones over a -40 dB floor) and on the demo
+corpus stored as 16-bit PCM (decays into digital silence: the hardest case for any float32 DFT):
 
-- ``"ieee"`` (default): fp32 ``tl.dot``. Measured under ``TRITON_INTERPRET=1``: white noise
-  1e-5 / 2e-7 (Kaldi), 4e-6 / 8e-7 (ATST); tone or chirp over a -60 dB noise floor 2e-3 / 3e-5,
-  within about 2x of the float32 torch (FFT) backend plus 1e-3. Pure synthetic tones (no noise
-  floor) put bins 1e-12 below the peak power, near the log floor, where any float32 DFT is at its
-  limit: there both reach about 2e-3, and the direct DFT up to 2e-2 in single bins.
-- ``"tf32"``: tensor-core tf32 (10-bit mantissa operands). Not runnable here (the interpreter
-  ignores it); emulating tf32 rounding of both operands: white noise 8e-3 / 4e-4, tone or chirp
-  over a -60 dB floor 2 / 0.15. Too coarse for the DFT of audio with any dynamic range; only
-  for throughput experiments.
-- ``"tf32x3"``: split-operand tf32 (3 products). Emulated: same as ieee (noise 1e-5 / 3e-7,
-  tone/chirp + floor 2e-3 / 4e-5); the candidate fast mode on tensor-core GPUs.
+============  =====================  =====================  ==============================
+mode          bench audio            demo corpus, int16     tensor-core cost per product
+============  =====================  =====================  ==============================
+torch fp32    1.7e-3 / 9.7e-6        1.5e-2 / 5.7e-5        (FFT, for reference)
+``ieee``      4.9e-4 / 2.8e-6        6.3e-3 / 4.3e-5        none: fp32 FMA (~60 TFLOP/s)
+``bf16x6``    1.7e-4 / 1.2e-6        3.4e-3 / 2.7e-5        6 bf16 = 3 tf32
+``tf32x3``    1.1e-3 / 3.6e-6        8.2e-3 / 7.7e-5        3 tf32
+``bf16x3``    1.5e-2 / 1.4e-4        4.0e-1 / 3.7e-3        3 bf16 = 1.5 tf32
+``tf32``      8.8e-1 / 9.3e-3        7.6e+0 / 7.3e-1        1 tf32 (not for audio)
+============  =====================  =====================  ==============================
 
-Cost: about 0.47 MFLOP per frame (Kaldi: 2 x 400 x 255 multiply-adds for cos and sin, 255 x 128
-for the mel), so fp32 ieee on
-an H100 (~60 TFLOP/s without tensor cores) tops out near 350 hours of audio per second; the
-3,000 h/s target needs tensor cores with split precision, or an FFT factorisation of the DFT.
+So the accurate tensor-core mode is ``bf16x6`` (more accurate than fp32 torch at the cost of
+``tf32x3``), ``tf32x3`` also stays within twice the fp32 torch error, and the fast mode is
+``bf16x3`` (half their tensor-core time; errors concentrate in bins 60+ dB below the frame
+peak). ``ieee`` stays the default until the split modes are validated on a GPU.
+
+Cost (Kaldi): 2 x 400 x 255 multiply-adds per frame for the DFT plus 255 x 128 for the mel, about
+0.47 MFLOP, i.e. 47 MFLOP per second of audio; 3,000 h/s needs ~510 TFLOP/s of fp32-equivalent
+products. An H100 SXM (dense: 495 TFLOP/s tf32, 990 bf16) therefore caps the dense DFT, at full
+tensor-core utilisation, near ~970 h/s in ``bf16x6`` / ``tf32x3`` and ~1,950 h/s in ``bf16x3``
+(``ieee``: ~400 h/s). The 3,000 h/s target needs an FFT factorisation of the DFT (a two-stage
+16 x 32 split is ~4x fewer products), which this kernel does not do yet.
 """
 
 from __future__ import annotations
@@ -55,66 +76,121 @@ from torch import Tensor
 
 from .reference import frame_count
 
-__all__ = ["INTERPRETED", "LogmelPlan", "make_logmel_plan", "logmel_fwd", "fused_logmel"]
+__all__ = [
+    "INTERPRETED",
+    "PRECISIONS",
+    "LogmelPlan",
+    "make_logmel_plan",
+    "logmel_fwd",
+    "fused_logmel",
+    "output_frames",
+]
 
 # triton.jit picks the interpreter when the function is decorated, so what counts is the flag at
 # import time of this module, not the environment at launch time
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
-PRECISIONS = ("ieee", "tf32", "tf32x3")
+PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3", "bf16x6")
+_OUT_DTYPES = (torch.float32, torch.bfloat16)
+# samples scanned per step of the in-kernel NaN / inf check
+_CHECK_BLOCK = 1024
+
+
+@triton.jit
+def _cast_for_store(y, out_ptr):
+    """``y`` (fp32) in the element type of ``out_ptr``; bf16 rounded to nearest even.
+
+    The explicit integer rounding leaves the cast exact: the GPU's fp32 -> bf16 conversion
+    rounds to nearest even anyway, but the interpreter's truncates, and tests compare with
+    torch's rounding.
+    """
+    if out_ptr.dtype.element_ty == tl.bfloat16:
+        bits = y.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        y = bits.to(tl.float32, bitcast=True)
+    return y.to(out_ptr.dtype.element_ty)
 
 
 @triton.jit(do_not_specialize=["n_samples", "n_frames", "stride_wave_b"])
 def _logmel_fwd_kernel(
-    wave_ptr,  # [B, S] samples (fp32/fp16/bf16/fp64, or int16 with in_scale), stride (stride_wave_b, 1)
-    lengths_ptr,  # [B] int valid samples per clip
-    basis_ptr,  # [2, K_PAD, F_PAD] fp32 frame->spectrum map: [0] real part, [1] imaginary part
+    wave_ptr,  # [B, S] fp32/fp16/bf16/fp64 (or int16 x in_scale), strides (stride_wave_b, 1)
+    lengths_ptr,  # [B] int valid samples per clip, at the source rate
+    basis_ptr,  # [N_PHASES, 2, K_PAD, F_PAD] fp32 frame->spectrum: [p, 0] real, [p, 1] imag
+    phase_start_ptr,  # [N_PHASES] int32 first source sample each phase reads (may be < 0)
     mel_ptr,  # [F_PAD, M_PAD] fp32 mel filter bank over the kept bins, zero padded
-    out_ptr,  # [B, n_frames, N_MELS] fp32, contiguous
+    out_ptr,  # [B, n_frames, N_MELS] fp32/bf16 contiguous; fp32 raw dB scratch when HAS_TOP_DB
     clip_max_ptr,  # [B] fp32, -inf on entry; per-clip max of the log-mel (HAS_TOP_DB only)
+    bad_ptr,  # [B] int32, 0 on entry; 1 where a valid sample is NaN/inf (CHECK_FINITE only)
     n_samples,  # S
     n_frames,  # T
     stride_wave_b,  # elements between clips in wave
-    hop_length,
-    pad_left,  # samples of padding before sample 0 (n_fft // 2 for center=True, else 0)
+    hop_length,  # frame shift at the output rate (frame counting)
+    src_hop,  # source samples from frame t to frame t + N_PHASES
+    len_up,  # output-rate length = ceil(length * len_up / len_down); 1, 1 without resampling
+    len_down,
     in_scale,  # 1 for float input, 1 / 32768 for int16
     log_floor,
     log_mult,
     norm_mul,
     norm_add,
-    FRAME_LEN: tl.constexpr,
+    FRAME_LEN: tl.constexpr,  # frame length at the output rate (frame counting)
+    READ_LEN: tl.constexpr,  # samples read per frame (rows of the basis)
     N_MELS: tl.constexpr,
     K_PAD: tl.constexpr,
     F_PAD: tl.constexpr,
     M_PAD: tl.constexpr,
+    N_PHASES: tl.constexpr,
     CENTER: tl.constexpr,
     REFLECT: tl.constexpr,
     POWER_ONE: tl.constexpr,
     HAS_TOP_DB: tl.constexpr,
+    CHECK_FINITE: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_F: tl.constexpr,
+    CHECK_BLOCK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
+    pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T] frame index
+    phase = pid % N_PHASES
+    u_block = pid // N_PHASES
+    u = u_block * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T] frame index within the phase
+    t = phase + N_PHASES * u  # [BLOCK_T] frame index
     m = tl.arange(0, M_PAD)  # [M_PAD] mel index
+    wave_row = wave_ptr + b * stride_wave_b
     # clamping to S keeps every load inside the buffer even if a caller passes lengths > S
-    length = tl.minimum(tl.load(lengths_ptr + b).to(tl.int32), n_samples)
+    length = tl.minimum(tl.load(lengths_ptr + b).to(tl.int64), n_samples)
+    out_len = (length * len_up + len_down - 1) // len_down  # int64: 160 x hours of samples
     if CENTER:
-        n_valid = 1 + length // hop_length
+        n_valid = 1 + out_len // hop_length
     else:
-        n_valid = tl.where(length >= FRAME_LEN, 1 + (length - FRAME_LEN) // hop_length, 0)
+        n_valid = tl.where(out_len >= FRAME_LEN, 1 + (out_len - FRAME_LEN) // hop_length, 0)
+
+    if CHECK_FINITE:
+        if phase == 0:
+            # programs split [0, length) by source hops; the last one also takes the tail
+            n_blocks = tl.cdiv(tl.cdiv(n_frames, N_PHASES), BLOCK_T)
+            seg0 = tl.minimum(u_block * BLOCK_T * src_hop, length)
+            seg1 = tl.minimum((u_block + 1) * BLOCK_T * src_hop, length)
+            seg1 = tl.where(u_block == n_blocks - 1, length, seg1)
+            n_bad = 0
+            for s0 in range(seg0, seg1, CHECK_BLOCK):
+                offs = s0 + tl.arange(0, CHECK_BLOCK)
+                v = tl.load(wave_row + offs, mask=offs < seg1, other=0).to(tl.float32)
+                n_bad += tl.sum(((v != v) | (tl.abs(v) == float("inf"))).to(tl.int32), 0)
+            tl.atomic_max(bad_ptr + b, tl.minimum(n_bad, 1))
+
     out_offs = b * n_frames * N_MELS + t[:, None] * N_MELS + m[None, :]  # [BLOCK_T, M_PAD]
     store_mask = (t[:, None] < n_frames) & (m[None, :] < N_MELS)
-
-    if pid_t * BLOCK_T >= n_valid:
+    if phase + N_PHASES * u_block * BLOCK_T >= n_valid:
         # the whole block is padding: skip the DFT, the output there is defined to be 0
-        tl.store(out_ptr + out_offs, tl.zeros([BLOCK_T, M_PAD], tl.float32), mask=store_mask)
+        zeros = tl.zeros([BLOCK_T, M_PAD], tl.float32).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + out_offs, zeros, mask=store_mask)
         return
 
-    wave_row = wave_ptr + b * stride_wave_b
+    start = tl.load(phase_start_ptr + phase)
+    basis_row = basis_ptr + phase * (2 * K_PAD * F_PAD)
     rk = tl.arange(0, BLOCK_K)
     rf = tl.arange(0, BLOCK_F)
     frame_ok = t < n_valid  # [BLOCK_T]
@@ -124,8 +200,8 @@ def _logmel_fwd_kernel(
         im = tl.zeros([BLOCK_T, BLOCK_F], tl.float32)
         for k0 in range(0, K_PAD, BLOCK_K):
             k = k0 + rk
-            src = t[:, None] * hop_length + k[None, :] - pad_left  # [BLOCK_T, BLOCK_K] sample index
-            ok = frame_ok[:, None] & (k[None, :] < FRAME_LEN)
+            src = u[:, None] * src_hop + start + k[None, :]  # [BLOCK_T, BLOCK_K] sample index
+            ok = frame_ok[:, None] & (k[None, :] < READ_LEN)
             if REFLECT:
                 # periodic mirror at this clip's own length (np.pad "reflect"), so padded batches
                 # reflect exactly where a lone clip would
@@ -138,8 +214,8 @@ def _logmel_fwd_kernel(
                 ok = ok & (src >= 0) & (src < length)
             x = tl.load(wave_row + src, mask=ok, other=0).to(tl.float32) * in_scale
             basis_offs = k[:, None] * F_PAD + (f0 + rf)[None, :]  # [BLOCK_K, BLOCK_F]
-            b_re = tl.load(basis_ptr + basis_offs)
-            b_im = tl.load(basis_ptr + K_PAD * F_PAD + basis_offs)
+            b_re = tl.load(basis_row + basis_offs)
+            b_im = tl.load(basis_row + K_PAD * F_PAD + basis_offs)
             re = tl.dot(x, b_re, re, input_precision=PRECISION)
             im = tl.dot(x, b_im, im, input_precision=PRECISION)
         spec = re * re + im * im
@@ -155,20 +231,64 @@ def _logmel_fwd_kernel(
         tl.atomic_max(clip_max_ptr + b, tl.max(tl.max(tl.where(valid, y, -float("inf")), 1), 0))
     else:
         y = y * norm_mul + norm_add
-    tl.store(out_ptr + out_offs, tl.where(valid, y, 0.0), mask=store_mask)
+    y = tl.where(valid, y, 0.0)
+    tl.store(out_ptr + out_offs, _cast_for_store(y, out_ptr), mask=store_mask)
+
+
+@triton.jit(do_not_specialize=["n_samples", "n_frames"])
+def _top_db_epilogue_kernel(
+    raw_ptr,  # [B, n_frames, N_MELS] fp32 unclamped log-mel from _logmel_fwd_kernel
+    out_ptr,  # [B, n_frames, N_MELS] fp32/bf16 contiguous; may be raw_ptr itself
+    clip_max_ptr,  # [B] fp32 per-clip max over valid frames
+    lengths_ptr,  # [B] int valid samples per clip, at the source rate
+    n_samples,  # S
+    n_frames,  # T
+    hop_length,
+    len_up,
+    len_down,
+    top_db,
+    norm_mul,
+    norm_add,
+    FRAME_LEN: tl.constexpr,
+    N_MELS: tl.constexpr,
+    CENTER: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    length = tl.minimum(tl.load(lengths_ptr + b).to(tl.int64), n_samples)
+    out_len = (length * len_up + len_down - 1) // len_down
+    if CENTER:
+        n_valid = 1 + out_len // hop_length
+    else:
+        n_valid = tl.where(out_len >= FRAME_LEN, 1 + (out_len - FRAME_LEN) // hop_length, 0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] flat index into the clip's [T, N_MELS]
+    in_clip = offs < n_frames * N_MELS
+    valid = in_clip & (offs // N_MELS < n_valid)
+    x = tl.load(raw_ptr + b * n_frames * N_MELS + offs, mask=valid, other=0.0)
+    lowest = tl.load(clip_max_ptr + b) - top_db
+    y = tl.where(valid, tl.maximum(x, lowest) * norm_mul + norm_add, 0.0)
+    tl.store(out_ptr + b * n_frames * N_MELS + offs, _cast_for_store(y, out_ptr), mask=in_clip)
 
 
 @dataclass(frozen=True)
 class LogmelPlan:
     """Device constants and static settings of one front-end configuration (build once, reuse).
 
-    ``basis``: ``[2, K_PAD, F_PAD]`` fp32; ``mel_fb``: ``[F_PAD, M_PAD]`` fp32 (see the kernel).
+    ``basis``: ``[n_phases, 2, K_PAD, F_PAD]`` fp32; ``phase_start``: ``[n_phases]`` int32;
+    ``mel_fb``: ``[F_PAD, M_PAD]`` fp32 (see the kernel). Without resampling ``n_phases == 1``,
+    ``read_length == frame_length``, ``src_hop == hop_length`` and ``len_up == len_down == 1``.
     """
 
     basis: Tensor
+    phase_start: Tensor
     mel_fb: Tensor
     frame_length: int
+    read_length: int
     hop_length: int
+    src_hop: int
+    len_up: int
+    len_down: int
     n_mels: int
     center: bool
     reflect: bool
@@ -178,6 +298,10 @@ class LogmelPlan:
     top_db: float | None
     block_k: int
     block_f: int
+
+    @property
+    def n_phases(self) -> int:
+        return self.basis.shape[0]
 
 
 def _pow2_at_least(n: int, floor: int = 16) -> int:
@@ -197,21 +321,36 @@ def make_logmel_plan(
     log_mult: float,
     top_db: float | None,
     device,
+    frame_length: int | None = None,
+    phase_start: list[int] | None = None,
+    src_hop: int | None = None,
+    len_ratio: tuple[int, int] = (1, 1),
     block_k: int | None = None,
     block_f: int | None = None,
 ) -> LogmelPlan:
     """Trim, pad and upload the constants for :func:`logmel_fwd`.
 
     Args:
-        basis_re, basis_im: ``[frame_length, n_freqs]`` float64 from ``frame_spectrum_basis``.
+        basis_re, basis_im: ``[frame_length, n_freqs]`` float64 from ``frame_spectrum_basis``, or
+            ``[n_phases, read_length, n_freqs]`` with the resampler folded in
+            (``resampled_frame_basis``; then also pass ``frame_length``, ``phase_start``,
+            ``src_hop`` and ``len_ratio = (up, down)``).
         mel_fb: ``[n_freqs, n_mels]`` filter bank (any float dtype).
         block_k, block_f: reduction / frequency tile sizes (powers of two >= 16); the padding of
             the constants depends on them. Defaults: 16 x 32 on GPU (see ``_launch_config``),
             128 x 128 when interpreted (fewer interpreted ops).
     """
-    frame_length, n_freqs = basis_re.shape
+    if basis_re.dim() == 2:
+        basis_re, basis_im = basis_re[None], basis_im[None]
+    n_phases, read_length, n_freqs = basis_re.shape
     if mel_fb.shape[0] != n_freqs:
         raise ValueError(f"mel_fb has {mel_fb.shape[0]} rows, basis has {n_freqs} bins")
+    frame_length = frame_length or read_length
+    if phase_start is None:
+        # no resampling: frame t starts at t * hop, minus the centre padding
+        phase_start = [-(frame_length // 2) if center else 0]
+    if len(phase_start) != n_phases:
+        raise ValueError(f"phase_start has {len(phase_start)} entries for {n_phases} phases")
     n_mels = mel_fb.shape[1]
     used = (mel_fb != 0).any(dim=1).nonzero().flatten()
     # bins no filter touches (below f_min, above f_max, Kaldi's Nyquist) cost DFT work for nothing
@@ -219,19 +358,24 @@ def make_logmel_plan(
     interpreted = INTERPRETED and torch.device(device).type == "cpu"
     block_k = block_k or (128 if interpreted else 16)
     block_f = block_f or (128 if interpreted else 32)
-    k_pad = triton.cdiv(frame_length, block_k) * block_k
+    k_pad = triton.cdiv(read_length, block_k) * block_k
     f_pad = triton.cdiv(hi - lo, block_f) * block_f
     m_pad = _pow2_at_least(n_mels)
-    basis = torch.zeros(2, k_pad, f_pad, dtype=torch.float64)
-    basis[0, :frame_length, : hi - lo] = basis_re[:, lo:hi].to(torch.float64)
-    basis[1, :frame_length, : hi - lo] = basis_im[:, lo:hi].to(torch.float64)
+    basis = torch.zeros(n_phases, 2, k_pad, f_pad, dtype=torch.float64)
+    basis[:, 0, :read_length, : hi - lo] = basis_re[..., lo:hi].to(torch.float64)
+    basis[:, 1, :read_length, : hi - lo] = basis_im[..., lo:hi].to(torch.float64)
     mel = torch.zeros(f_pad, m_pad, dtype=torch.float64)
     mel[: hi - lo, :n_mels] = mel_fb[lo:hi].to(torch.float64)
     return LogmelPlan(
         basis=basis.to(device=device, dtype=torch.float32).contiguous(),
+        phase_start=torch.tensor(phase_start, dtype=torch.int32, device=device),
         mel_fb=mel.to(device=device, dtype=torch.float32).contiguous(),
         frame_length=frame_length,
+        read_length=read_length,
         hop_length=hop_length,
+        src_hop=src_hop or hop_length,
+        len_up=len_ratio[0],
+        len_down=len_ratio[1],
         n_mels=n_mels,
         center=center,
         reflect=center and pad_mode == "reflect",
@@ -250,30 +394,42 @@ def _launch_config(precision: str) -> tuple[int, int]:
     Chosen without a GPU to time on: these are the largest tiles that ptxas (sm_90, Triton 3.9)
     fits in 255 registers without spilling, with BLOCK_K=16 and BLOCK_F=32, for the Kaldi (128
     mel) and ATST presets. The [BLOCK_T, 128] fp32 mel accumulator stays live across the whole
-    DFT loop, which is what limits the tile. tf32x3 keeps three operand splits live, hence half
+    DFT loop, which is what limits the tile. Split modes keep operand splits live, hence half
     the frames. Tune (autotune with a coarse key) once a GPU is available.
     """
-    return (32 if precision == "tf32x3" else 64), 8
+    return (64 if precision in ("ieee", "tf32") else 32), 8
 
 
-def kernel_constexprs(plan: LogmelPlan, precision: str, block_t: int) -> dict:
+def kernel_constexprs(
+    plan: LogmelPlan, precision: str, block_t: int, check_finite: bool = True
+) -> dict:
     """The compile-time arguments of ``_logmel_fwd_kernel`` for a plan (one compiled variant
     per distinct dict; also used by the test that compiles the kernel for sm_90 without a GPU)."""
     return dict(
         FRAME_LEN=plan.frame_length,
+        READ_LEN=plan.read_length,
         N_MELS=plan.n_mels,
-        K_PAD=plan.basis.shape[1],
-        F_PAD=plan.basis.shape[2],
+        K_PAD=plan.basis.shape[2],
+        F_PAD=plan.basis.shape[3],
         M_PAD=plan.mel_fb.shape[1],
+        N_PHASES=plan.n_phases,
         CENTER=plan.center,
         REFLECT=plan.reflect,
         POWER_ONE=plan.power == 1.0,
         HAS_TOP_DB=plan.top_db is not None,
+        CHECK_FINITE=check_finite,
         BLOCK_T=block_t,
         BLOCK_K=plan.block_k,
         BLOCK_F=plan.block_f,
+        CHECK_BLOCK=_CHECK_BLOCK,
         PRECISION=precision,
     )
+
+
+def output_frames(num_samples, plan: LogmelPlan):
+    """Frames of ``num_samples`` source samples (int or int Tensor) under ``plan``."""
+    out_len = -(-num_samples * plan.len_up // plan.len_down)
+    return frame_count(out_len, plan.frame_length, plan.hop_length, plan.center)
 
 
 def logmel_fwd(
@@ -284,14 +440,17 @@ def logmel_fwd(
     norm_mul: float = 1.0,
     norm_add: float = 0.0,
     precision: str = "ieee",
+    out_dtype: torch.dtype = torch.float32,
+    check_finite: bool = True,
     block_t: int | None = None,
 ) -> Tensor:
-    """Launch the fused kernel. ``wave [B, S]``, ``lengths [B]`` int -> ``[B, T, n_mels]`` fp32.
+    """Launch the fused kernel. ``wave [B, S]``, ``lengths [B]`` int -> ``[B, T, n_mels]``.
 
     ``wave`` may be float (any width) or int16 (scaled by 1/32768); its last dimension must be
-    contiguous. Runs on CUDA tensors, or on CPU tensors when this module was imported under
-    ``TRITON_INTERPRET=1``. Inputs are not checked for NaN/inf here (that needs a host sync; the
-    front end does it).
+    contiguous. ``out_dtype`` is float32 or bfloat16. Runs on CUDA tensors, or on CPU tensors
+    when this module was imported under ``TRITON_INTERPRET=1``. With ``check_finite``, NaN/inf
+    in a clip's valid samples and lengths outside ``[0, S]`` raise ValueError after the launch
+    (one host sync for both).
     """
     if wave.dim() != 2:
         raise ValueError(f"wave must be [B, S], got shape {tuple(wave.shape)}")
@@ -302,6 +461,8 @@ def logmel_fwd(
         )
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
     if wave.device.type == "cpu" and not INTERPRETED:
         raise RuntimeError(
             "the Triton log-mel kernel runs on CPU tensors only under TRITON_INTERPRET=1 "
@@ -314,42 +475,85 @@ def logmel_fwd(
     if wave.stride(-1) != 1:
         wave = wave.contiguous()
     batch, num_samples = wave.shape
-    n_frames = frame_count(num_samples, plan.frame_length, plan.hop_length, plan.center)
-    out = torch.empty(batch, n_frames, plan.n_mels, device=wave.device, dtype=torch.float32)
-    if batch == 0 or n_frames == 0:
-        return out
-    clip_max = torch.full((batch,), -math.inf, device=wave.device, dtype=torch.float32)
-    gpu_block_t, num_warps = _launch_config(precision)
-    block_t = block_t or (32 if INTERPRETED else gpu_block_t)
-    grid = (triton.cdiv(n_frames, block_t), batch)
-    _logmel_fwd_kernel[grid](
-        wave,
-        lengths,
-        plan.basis,
-        plan.mel_fb,
-        out,
-        clip_max,
-        num_samples,
-        n_frames,
-        wave.stride(0),
-        plan.hop_length,
-        plan.frame_length // 2 if plan.center else 0,
-        1.0 / 32768.0 if wave.dtype == torch.int16 else 1.0,
-        plan.log_floor,
-        plan.log_mult,
-        norm_mul,
-        norm_add,
-        **kernel_constexprs(plan, precision, block_t),
-        num_warps=num_warps,
-    )
-    if plan.top_db is not None:
-        # epilogue: clamp at clip max - top_db, normalise, re-zero the padding frames
-        n_valid = frame_count(
-            lengths.long().clamp_max(num_samples), plan.frame_length, plan.hop_length, plan.center
+    n_frames = output_frames(num_samples, plan)
+    out = torch.empty(batch, n_frames, plan.n_mels, device=wave.device, dtype=out_dtype)
+    check_finite = check_finite and wave.dtype != torch.int16
+    bad = torch.zeros(batch, device=wave.device, dtype=torch.int32)
+    if batch and n_frames:
+        # the top_db path finishes in float32 before rounding once into out
+        two_pass = plan.top_db is not None
+        raw = (
+            out
+            if not two_pass or out_dtype == torch.float32
+            else torch.empty_like(out, dtype=torch.float32)
         )
-        valid = torch.arange(n_frames, device=out.device)[None, :] < n_valid[:, None]
-        torch.maximum(out, (clip_max - plan.top_db)[:, None, None], out=out)
-        out.mul_(norm_mul).add_(norm_add).masked_fill_(~valid[..., None], 0.0)
+        clip_max = torch.full((batch,), -math.inf, device=wave.device, dtype=torch.float32)
+        gpu_block_t, num_warps = _launch_config(precision)
+        block_t = block_t or (32 if INTERPRETED else gpu_block_t)
+        # the interpreter has no bf16x3/bf16x6 (it computes every mode in fp32 anyway)
+        kernel_precision = "ieee" if INTERPRETED and precision.startswith("bf16") else precision
+        per_phase = triton.cdiv(n_frames, plan.n_phases)
+        grid = (plan.n_phases * triton.cdiv(per_phase, block_t), batch)
+        _logmel_fwd_kernel[grid](
+            wave,
+            lengths,
+            plan.basis,
+            plan.phase_start,
+            plan.mel_fb,
+            raw,
+            clip_max,
+            bad,
+            num_samples,
+            n_frames,
+            wave.stride(0),
+            plan.hop_length,
+            plan.src_hop,
+            plan.len_up,
+            plan.len_down,
+            1.0 / 32768.0 if wave.dtype == torch.int16 else 1.0,
+            plan.log_floor,
+            plan.log_mult,
+            norm_mul,
+            norm_add,
+            **kernel_constexprs(plan, kernel_precision, block_t, check_finite),
+            num_warps=num_warps,
+        )
+        if two_pass:
+            block = 1024
+            _top_db_epilogue_kernel[(triton.cdiv(n_frames * plan.n_mels, block), batch)](
+                raw,
+                out,
+                clip_max,
+                lengths,
+                num_samples,
+                n_frames,
+                plan.hop_length,
+                plan.len_up,
+                plan.len_down,
+                plan.top_db,
+                norm_mul,
+                norm_add,
+                FRAME_LEN=plan.frame_length,
+                N_MELS=plan.n_mels,
+                CENTER=plan.center,
+                BLOCK=block,
+                num_warps=4,
+            )
+    elif check_finite and batch:
+        # no frames at all (every clip shorter than a window): the kernel did not run
+        valid = torch.arange(num_samples, device=wave.device)[None, :] < lengths[:, None]
+        bad = (~torch.isfinite(wave) & valid).any(dim=1).to(torch.int32)
+    if check_finite and batch:
+        # host sync: the only one of the front end, for the error messages
+        flags = torch.stack([bad.bool(), (lengths < 0) | (lengths > num_samples)]).cpu()
+        if flags[0].any():
+            clips = flags[0].nonzero().flatten().tolist()
+            raise ValueError(f"wave holds NaN or inf in clip(s) {clips[:10]} (batch index)")
+        if flags[1].any():
+            clip = int(flags[1].nonzero()[0])
+            raise ValueError(
+                f"lengths[{clip}]={int(lengths[clip])} is outside [0, S={num_samples}]"
+            )
     return out
 
 
@@ -361,8 +565,10 @@ def fused_logmel(
     norm_mul: float = 1.0,
     norm_add: float = 0.0,
     precision: str = "ieee",
+    out_dtype: torch.dtype = torch.float32,
+    check_finite: bool = False,
 ) -> Tensor:
-    """Functional entry point: ``wave [B, S]`` or ``[S]`` -> ``[B, T, n_mels]`` (or ``[T, n_mels]``).
+    """Functional entry point: ``wave [B, S]`` or ``[S]`` -> ``[B, T, n_mels]`` or ``[T, n_mels]``.
 
     ``lengths`` None means every clip is ``S`` samples long. The result carries no graph.
     """
@@ -372,6 +578,13 @@ def fused_logmel(
         lengths = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.int32, device=wave.device)
     with torch.no_grad():
         out = logmel_fwd(
-            wave.detach(), lengths, plan, norm_mul=norm_mul, norm_add=norm_add, precision=precision
+            wave.detach(),
+            lengths,
+            plan,
+            norm_mul=norm_mul,
+            norm_add=norm_add,
+            precision=precision,
+            out_dtype=out_dtype,
+            check_finite=check_finite,
         )
     return out[0] if squeeze else out

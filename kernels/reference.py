@@ -28,6 +28,7 @@ __all__ = [
     "frame_spectrum_basis",
     "frame_signal_ref",
     "logmel_ref",
+    "dot_emulated",
 ]
 
 WINDOW_KINDS = ("hann", "hamming", "povey", "rectangular")
@@ -284,3 +285,51 @@ def logmel_ref(
         out = torch.maximum(out, (clip_max - top_db)[:, None, None])
     out = out * norm_mul + norm_add
     return torch.where(valid[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+# ----- tensor-core precision modes, emulated (the interpreter computes every mode in fp32) -----
+
+
+def _round_tf32(x: Tensor) -> Tensor:
+    """float32 -> tf32 (10 explicit mantissa bits), round half away from zero like cvt.rna."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _round_bf16(x: Tensor) -> Tensor:
+    return x.to(torch.bfloat16).to(torch.float32)
+
+
+def _split(x: Tensor, rounding, parts: int) -> list[Tensor]:
+    """``x`` as a sum of ``parts`` terms, each exactly representable after ``rounding``."""
+    out, rest = [], x
+    for _ in range(parts):
+        out.append(rounding(rest))
+        rest = rest - out[-1]
+    return out
+
+
+def dot_emulated(a: Tensor, b: Tensor, precision: str) -> Tensor:
+    """``a @ b`` (float32) as ``tl.dot(..., input_precision=precision)`` computes it on NVIDIA
+    tensor cores: operands rounded (and split, for the x3 / x6 modes, as Triton's F32DotTC pass
+    does: the small cross products are summed first, then added to the big one), products exact
+    (they fit in float32), sums in float32. ``ieee`` is a plain float32 matmul.
+    """
+    if precision == "ieee":
+        return a.float() @ b.float()
+    if precision in ("tf32", "tf32x3"):
+        rounding = _round_tf32
+    elif precision in ("bf16x3", "bf16x6"):
+        rounding = _round_bf16
+    else:
+        raise ValueError(f"unknown precision {precision!r}")
+    if precision == "tf32":
+        return rounding(a) @ rounding(b)
+    n = 3 if precision == "bf16x6" else 2
+    a_parts, b_parts = _split(a.float(), rounding, n), _split(b.float(), rounding, n)
+    # tf32x3 / bf16x3: hi*lo + lo*hi, then + hi*hi; bf16x6 adds the products of order 2^-16
+    small = None
+    for i, j in sorted(((i, j) for i in range(n) for j in range(n) if 0 < i + j < n), reverse=True):
+        term = a_parts[i] @ b_parts[j]
+        small = term if small is None else small + term
+    return a_parts[0] @ b_parts[0] + small

@@ -25,6 +25,7 @@ from fastspec.data import (
     EpochBatchSampler,
     FileSource,
     collate_clips,
+    decode_audio,
     make_loader,
     open_source,
     probe_audio,
@@ -573,3 +574,136 @@ def test_data_package_does_not_import_higher_layers():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- issue 5 additions
+
+
+def test_ranks_split_each_global_batch():
+    samplers = [EpochBatchSampler(20, 3, seed=1, rank=r, world_size=3) for r in range(3)]
+    assert samplers[0].batches_per_epoch == 2  # 20 // (3 x 3): all ranks step alike
+    streams = [iter(s) for s in samplers]
+    single = EpochBatchSampler(20, 3, seed=1)
+    for batch in range(4):  # two epochs
+        keys = [next(stream) for stream in streams]
+        flat = [key for rank_keys in keys for key in rank_keys]
+        assert len(set(flat)) == 9  # disjoint across ranks
+        epoch = batch // 2
+        order = single.permutation(epoch)
+        assert flat == [(epoch, i) for i in order[(batch % 2) * 9 : (batch % 2) * 9 + 9]]
+    fresh = iter(EpochBatchSampler(20, 3, seed=1, rank=2, world_size=3))
+    fourth = [next(fresh) for _ in range(4)][3]
+    assert next(iter(EpochBatchSampler(20, 3, seed=1, start_batch=3, rank=2, world_size=3))) == (
+        fourth
+    )
+    with pytest.raises(ValueError, match="rank"):
+        EpochBatchSampler(20, 3, seed=1, rank=3, world_size=3)
+    with pytest.raises(DataError, match="3 x 8 ranks"):
+        EpochBatchSampler(20, 3, seed=1, world_size=8)
+
+
+def _wav_bytes(data, sr=SR, subtype="PCM_16", fmt="WAV"):
+    import io
+
+    buffer = io.BytesIO()
+    sf.write(buffer, data, sr, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_decode_audio_equals_soundfile_bit_for_bit(tmp_path, channels):
+    rng = np.random.default_rng(channels)
+    # int16 samples, so that the WAV and FLAC writers store the same values
+    data = np.clip(rng.normal(0, 8000, (3001, channels)), -32768, 32767).astype(np.int16)
+    payload = _wav_bytes(data)  # the numpy fast path (16-bit PCM)
+    path = tmp_path / "x.wav"
+    path.write_bytes(payload)
+    reference = sf.read(path, dtype="float32", always_2d=True)[0]
+    # the mixdown is sum_c x_c * (1 / C) in channel order (DALI's formula); the mean for C <= 2
+    expected = reference[:, 0] * np.float32(1 / channels)
+    for c in range(1, channels):
+        expected += reference[:, c] * np.float32(1 / channels)
+    wave, rate = decode_audio(payload, "x.wav")
+    assert rate == SR and wave.dtype == np.float32
+    np.testing.assert_array_equal(wave, expected)
+    np.testing.assert_array_equal(read_audio(path)[0], expected)
+    if channels <= 2:
+        np.testing.assert_array_equal(wave, reference.mean(axis=1, dtype=np.float32))
+    # a segment is the slice of the whole
+    np.testing.assert_array_equal(
+        decode_audio(payload, "x", start=100, frames=50)[0], wave[100:150]
+    )
+    # other encodings go through libsndfile and give the same values
+    flac = decode_audio(_wav_bytes(data, subtype="PCM_16", fmt="FLAC"), "x.flac")[0]
+    np.testing.assert_array_equal(flac, expected)
+
+
+def test_decode_audio_rejects_bad_bytes():
+    good = _wav_bytes((0.3 * np.ones(1000)).astype(np.float32))
+    with pytest.raises(BadAudioError, match="truncated: data chunk"):
+        decode_audio(good[:-200], "cut.wav")
+    with pytest.raises(BadAudioError, match="unreadable"):
+        decode_audio(b"\x00" * 500, "zeros.wav")
+    with pytest.raises(BadAudioError, match="empty"):
+        decode_audio(b"", "nothing.wav")
+    with pytest.raises(BadAudioError, match="silent"):
+        decode_audio(_wav_bytes(np.zeros(1000, np.float32)), "silent.wav")
+    with pytest.raises(BadAudioError, match="too short: segment starts at frame 2000"):
+        decode_audio(good, "x.wav", start=2000)
+
+
+def test_torch_is_chosen_without_dali_and_dali_is_then_an_error(monkeypatch, tmp_path):
+    import logging
+
+    import fastspec._logging as fastspec_logging
+    import fastspec.data.dali as dali_module
+    from fastspec.data import build_loader, resolve_loader
+
+    monkeypatch.setattr(dali_module, "dali_available", lambda: False)
+    monkeypatch.setattr(dali_module, "dali_version", lambda: None)
+    monkeypatch.setattr(fastspec_logging, "_seen", {})
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("fastspec").addHandler(handler)
+    for i in range(2):
+        _write(tmp_path / f"{i}.wav", _tone(0.5, freq=300.0 + 100 * i))
+    dataset = ClipDataset(open_source(tmp_path), SR, 0.5)
+    try:
+        with build_loader(dataset, 2, seed=0, num_workers=0) as stream:
+            assert stream.backend == "torch" and next(stream)["wave"].shape == (2, 8000)
+    finally:
+        logging.getLogger("fastspec").removeHandler(handler)
+    lines = [r.getMessage() for r in records if r.getMessage().startswith("data loader")]
+    assert lines == [
+        "data loader: torch (soundfile in DataLoader workers); DALI is not installed "
+        "(pip install nvidia-dali-cuda130)"
+    ]
+    with pytest.raises(DataError, match="DALI is not installed"):
+        resolve_loader("dali", dataset.source)
+    with pytest.raises(ValueError, match="loader must be one of"):
+        resolve_loader("fast", dataset.source)
+    # the environment variable wins over the argument, as for the front end
+    monkeypatch.setenv("FASTSPEC_LOADER", "torch")
+    assert resolve_loader("dali", dataset.source) == "torch"
+    monkeypatch.setenv("FASTSPEC_LOADER", "dali")
+    with pytest.raises(DataError, match="DALI is not installed"):
+        resolve_loader("torch", dataset.source)
+    from fastspec.train.config import ConfigError, DataConfig
+
+    with pytest.raises(ConfigError, match="data.loader='dali'"):
+        DataConfig(loader="dali")
+    with pytest.raises(ConfigError, match="must be auto, dali or torch"):
+        DataConfig(loader="fast")
+
+
+def test_loader_flag_reaches_the_config():
+    import argparse
+
+    from fastspec.cli import _pretrain_parser, build_config
+
+    parser = argparse.ArgumentParser()
+    _pretrain_parser(parser.add_subparsers())
+    cfg = build_config(parser.parse_args(["pretrain", "--loader", "torch"]))
+    assert cfg.data.loader == "torch"
+    assert build_config(parser.parse_args(["pretrain"])).data.loader == "auto"

@@ -423,16 +423,20 @@ def test_logmel_module():
 # ----- backend selection ------------------------------------------------------------------------
 
 
-def test_auto_on_cpu_is_torch(monkeypatch):
+def test_auto_on_cpu_is_cpp_or_torch_with_a_notice(monkeypatch):
     monkeypatch.delenv(backend_mod.ENV_VAR, raising=False)
-    assert resolve_backend("auto", "cpu") == "torch"
+    chosen = resolve_backend("auto", "cpu")
+    assert chosen in ("cpp", "torch")
+    if chosen == "torch":  # only where fastspec._C cannot be built, and then never silently
+        assert "fastspec._C is unavailable" in _logging.notices()["frontend.cpp"]
     assert resolve_backend("torch", torch.device("cpu")) == "torch"
 
 
-def test_cpp_falls_back_to_torch_with_a_notice(monkeypatch):
+def test_cpp_on_a_cuda_tensor_uses_the_cuda_choice_with_a_notice(monkeypatch):
     monkeypatch.delenv(backend_mod.ENV_VAR, raising=False)
-    assert resolve_backend("cpp", "cpu") == "torch"
-    assert "later issue" in _logging.notices()["frontend.cpp"]
+    monkeypatch.setattr(backend_mod, "_kernel_import", lambda: (False, "no kernel here"))
+    assert resolve_backend("cpp", "cuda") == "torch"
+    assert "runs on CPU tensors" in _logging.notices()["frontend.cpp.cuda"]
 
 
 def test_triton_on_cpu_without_interpreter_falls_back_with_a_notice(monkeypatch):
@@ -459,3 +463,39 @@ def test_backend_report(monkeypatch):
     assert report["auto_cpu"] == "torch" and report["env_override"] == "torch"
     assert {"auto_cuda", "triton_importable", "triton_interpret", "cpp"} <= set(report)
     json.dumps(report)
+    monkeypatch.delenv(backend_mod.ENV_VAR)
+    # what auto picks on CPU is reported without building anything
+    assert backend_report()["auto_cpu"] in ("cpp", "torch")
+
+
+# ----- output dtype and frame lengths -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("preset", ["kaldi", "atst"])
+def test_bf16_output_is_the_float32_result_rounded_once(backend, preset):
+    x = torch.from_numpy(_signal("chirp", 6000))[None]
+    full = logmel(x, preset=preset, backend=backend)
+    half = logmel(x, preset=preset, backend=backend, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half, full.to(torch.bfloat16), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="dtype"):
+        logmel(x, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("preset", ["kaldi", "atst"])
+def test_return_lengths_gives_the_valid_frames_of_each_clip(preset):
+    cfg = get_preset(preset)
+    lengths = torch.tensor([4000, 399, 560, 0])
+    out, frames = logmel(
+        torch.randn(4, 4000) * 0.1, lengths=lengths, preset=preset, return_lengths=True
+    )
+    assert frames.dtype == torch.int64 and frames.tolist() == num_frames(lengths, cfg).tolist()
+    for b, n in enumerate(frames.tolist()):
+        assert (out[b, n:] == 0).all() and (out[b, :n] != 0).any() == (n > 0)
+    single, n_single = logmel(torch.randn(3000) * 0.1, preset=preset, return_lengths=True)
+    assert n_single.dim() == 0 and int(n_single) == single.shape[0] == num_frames(3000, cfg)
+    module = LogMel(preset)
+    _, frames_module = module(torch.zeros(4, 4000), lengths, return_lengths=True)
+    assert torch.equal(frames_module, frames)
+    assert torch.equal(module.frame_lengths(lengths), frames)

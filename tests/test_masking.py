@@ -1,14 +1,18 @@
 """fastspec.masking: mask samplers and token drop/restore."""
 
+import json
 import math
 
 import pytest
 import torch
 
+from fastspec import _logging
 from fastspec.masking import (
     Mask,
     gather_tokens,
     list_mask_kinds,
+    masking_backend,
+    masking_report,
     restore_tokens,
     sample_mask,
 )
@@ -55,6 +59,30 @@ def test_bad_grid(grid):
 def test_seed_and_generator_are_exclusive():
     with pytest.raises(ValueError, match="seed"):
         sample_mask("random", 2, (4, 8), 0.5, seed=0, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("num_masks", [0, 1.5, True])
+def test_bad_num_masks(num_masks):
+    with pytest.raises(ValueError, match="num_masks"):
+        sample_mask("random", 2, (4, 8), 0.5, num_masks=num_masks)
+
+
+def test_masking_report_is_json_safe(monkeypatch):
+    monkeypatch.setenv("FASTSPEC_MASKING", "torch")
+    report = json.loads(json.dumps(masking_report()))
+    assert report["sampling"]["cpu"] == "torch" and report["sampling"]["requested"] == "torch"
+    assert set(report) == {"cuda_available", "sampling", "patch_embed"}
+
+
+def test_masking_backend_env(monkeypatch):
+    monkeypatch.delenv("FASTSPEC_MASKING", raising=False)
+    assert masking_backend("cpu") == "torch" and masking_backend("meta") == "torch"
+    monkeypatch.setenv("FASTSPEC_MASKING", "torch")
+    assert masking_backend("cuda") == "torch"
+    monkeypatch.setattr(_logging, "_seen", {})
+    monkeypatch.setenv("FASTSPEC_MASKING", "fast")
+    assert masking_backend("cpu") == "torch"
+    assert "FASTSPEC_MASKING" in _logging.notices()["FASTSPEC_MASKING.bad"]
 
 
 def test_mask_checks_shapes():

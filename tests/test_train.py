@@ -271,7 +271,7 @@ class _ProbeRecipe(torch.nn.Module):
         self.head = torch.nn.Linear(encoder.embed_dim, 1)
         self.teacher_w = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
 
-    def forward(self, mel, generator=None):
+    def forward(self, mel, generator=None, frame_lengths=None):
         from fastspec.models.vit import pad_frames
 
         tokens = self.encoder.forward_features(pad_frames(mel, 16))
@@ -323,3 +323,19 @@ def test_weight_decay_schedule_is_a_cosine_to_the_end_value():
     assert all(a < b for a, b in zip(values, values[1:]))
     apply_override(cfg, "optim.weight_decay_end=none")
     assert weight_decay_at(7, cfg) == 0.04
+
+
+def test_maskspec_with_a_mast_encoder_trains_and_exports(tmp_path):
+    from fastspec.encoder import load_encoder
+    from fastspec.recipes import MaskSpecMAST, build_recipe
+
+    assert isinstance(
+        build_recipe("maskspec", create_model("mast_mini", n_mels=64), decoder_dim=64,
+                     decoder_depth=1, decoder_heads=4),
+        MaskSpecMAST,
+    )  # fmt: skip
+    cfg = tiny_config(tmp_path / "mast", **{"model.name": "mast_mini", "train.steps": 3})
+    result = pretrain(cfg)
+    assert result.step == 3 and math.isfinite(result.final_loss)
+    enc = load_encoder(result.run_dir)
+    assert enc(0.1 * torch.randn(2, 16000)).shape == (2, enc.embed_dim)

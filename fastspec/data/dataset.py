@@ -11,8 +11,9 @@ Batch contract (the torch loader here and a DALI pipeline both produce exactly t
   while this batch was filled (normally empty).
 
 Dataset keys are ``(epoch, index)`` pairs rather than plain indices, so the random crop of a clip
-is a function of ``(seed, epoch, index)`` alone: the same whichever worker loads it, however
-many workers there are, and after a resume.
+is a function of ``(seed, epoch, index)`` and the clip's length alone (:meth:`ClipDataset.crop`):
+the same whichever worker loads it, however many workers there are, after a resume, and in the
+DALI pipeline, which computes it on the host from the file header and gets the same numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from fastspec.data.audio import BadAudioError, DataError
 from fastspec.data.resample import resample, resample_window, resampled_length
@@ -48,7 +49,8 @@ class ClipDataset(Dataset):
 
     ``dataset[(epoch, index)]`` (or ``dataset[index]`` for epoch 0) returns
     ``{"wave": float32 [clip_samples], "length": int, "index": int, "skipped": list}``; shorter
-    clips are zero-padded and ``length`` counts their valid samples.
+    clips are zero-padded and ``length`` counts their valid samples. A full-length crop at the
+    source's rate is a view of the decoded array (no copy: collate copies it into the batch).
     """
 
     def __init__(
@@ -104,30 +106,42 @@ class ClipDataset(Dataset):
                 f"first: {skipped[0][0]}: {skipped[0][1]}"
             )
 
-        # crop RNG keyed by the sampled index (not the replacement), so two rows that fall back
-        # to the same file still get different crops
-        rng = np.random.default_rng([self.seed, epoch, index])
-        clip = self._crop(wave, sr, rng)
-        out = torch.zeros(self.clip_samples, dtype=torch.float32)
-        out[: clip.shape[0]] = clip
+        # crop keyed by the sampled index (not the replacement), so two rows that fall back to
+        # the same file still get different crops
+        clip = self._crop(wave, sr, epoch, index)
+        if clip.shape[0] < self.clip_samples:
+            out = torch.zeros(self.clip_samples, dtype=torch.float32)
+            out[: clip.shape[0]] = clip
+        else:
+            out = clip  # a full-length crop needs no copy here: collate copies it into the batch
         return {"wave": out, "length": int(clip.shape[0]), "index": used, "skipped": skipped}
 
-    def _offset(self, total: int, rng: np.random.Generator) -> int:
-        """Start of the crop in output samples, for a clip of ``total`` output samples."""
-        if total <= self.clip_samples or not self.random_crop:
-            return 0
-        return int(rng.integers(0, total - self.clip_samples + 1))
+    def crop(self, epoch: int, index: int, frames: int, sample_rate: int) -> tuple[int, int]:
+        """``(start, length)`` of the crop of clip ``(epoch, index)``, in output samples.
 
-    def _crop(self, wave: np.ndarray, sr: int, rng: np.random.Generator) -> torch.Tensor:
+        ``frames`` is the decoded clip's length at ``sample_rate``; the crop is taken from the
+        clip at the output rate (after resampling), so ``length = min(clip_samples, total)``
+        with ``total`` the resampled length, and ``start`` is drawn from an RNG seeded with
+        ``(seed, epoch, index)`` when the clip is longer than ``clip_samples``. Both loaders
+        call this, so their crops agree by construction.
+        """
+        if sample_rate == self.sample_rate:
+            total = frames
+        else:
+            total = resampled_length(frames, sample_rate, self.sample_rate)
+        length = min(total, self.clip_samples)
+        if total <= self.clip_samples or not self.random_crop:
+            return 0, length
+        rng = np.random.default_rng([self.seed, epoch, index])
+        return int(rng.integers(0, total - self.clip_samples + 1)), length
+
+    def _crop(self, wave: np.ndarray, sr: int, epoch: int, index: int) -> torch.Tensor:
         """``wave [S_in]`` at ``sr`` -> float32 ``[min(clip_samples, S_out)]`` at the output rate."""
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        start, length = self.crop(epoch, index, x.shape[0], sr)
         if sr == self.sample_rate:
-            start = self._offset(x.shape[0], rng)
-            return x[start : start + self.clip_samples]
-        total = resampled_length(x.shape[0], sr, self.sample_rate)
-        length = min(total, self.clip_samples)
-        start = self._offset(total, rng)
-        if total > self.clip_samples:
+            return x[start : start + length]
+        if resampled_length(x.shape[0], sr, self.sample_rate) > self.clip_samples:
             # resample only the input under the crop: a long file costs what the crop costs
             y = resample_window(x, sr, self.sample_rate, start, length)
         else:
@@ -144,8 +158,16 @@ def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not items:
         raise ValueError("collate_clips needs at least one item")
+    waves = [item["wave"] for item in items]
+    out = None
+    if get_worker_info() is not None:
+        # In a DataLoader worker, stack straight into shared memory: the batch then travels to
+        # the training process without the extra copy that pickling a private tensor costs
+        # (what torch's default_collate does too).
+        storage = waves[0]._typed_storage()._new_shared(len(waves) * waves[0].numel())
+        out = waves[0].new(storage).resize_(len(waves), *waves[0].shape)
     return {
-        "wave": torch.stack([item["wave"] for item in items]),
+        "wave": torch.stack(waves, out=out),
         "lengths": torch.tensor([item["length"] for item in items], dtype=torch.int64),
         "index": torch.tensor([item["index"] for item in items], dtype=torch.int64),
         "skipped": [entry for item in items for entry in item["skipped"]],

@@ -1,9 +1,20 @@
 """Which implementation computes the front end: ``triton`` | ``cpp`` | ``torch``.
 
-The choice is made here and only here (DESIGN.md §5): ``auto`` takes the fused Triton kernel for
-CUDA tensors when Triton imports, and the torch reference otherwise. ``FASTSPEC_FRONTEND_BACKEND``
-overrides whatever the caller asked for. A backend that cannot run falls back to torch with one
-notice per process (``fastspec._logging.notice_once``), never silently.
+The choice is made here and only here (DESIGN.md §5):
+
+- ``auto`` takes the fused Triton kernel for CUDA tensors when Triton imports, and the C++
+  extension ``fastspec._C`` for CPU tensors. On CPU, ``auto`` builds the extension on first use
+  when it is neither installed nor cached: one ``c++`` call of about 2 s (the extension needs only
+  the CPython headers), once per machine and source version, cached under ``~/.cache/fastspec``
+  (``fastspec.frontend.cpp``). ``FASTSPEC_CPP_BUILD=0`` forbids that build; ``auto`` then uses a
+  prebuilt or cached extension only.
+- ``cpp`` asks for the extension explicitly (same build-on-first-use).
+- ``FASTSPEC_FRONTEND_BACKEND`` overrides whatever the caller asked for.
+
+A backend that cannot run falls back with one notice per process
+(``fastspec._logging.notice_once``), never silently: to the torch reference, or, for ``cpp`` on a
+CUDA tensor, to what ``auto`` picks there (featurising GPU audio on the CPU would be a host round
+trip).
 """
 
 from __future__ import annotations
@@ -57,8 +68,20 @@ def _kernel_import() -> tuple[bool, str | None]:
     return True, None
 
 
-def _resolve(backend: str, device) -> tuple[str, str | None, str | None]:
-    """``(chosen, notice_key, notice)`` without side effects beyond imports."""
+def _cpp_state(build: bool) -> tuple[bool, str | None]:
+    """Whether the C++ extension is usable (building it if ``build``), and why not."""
+    from . import cpp
+
+    if build:
+        ok = cpp.load() is not None
+        return ok, None if ok else cpp.status().get("reason")
+    state = cpp.status()
+    # without building: "buildable" counts, since the first real call will build it
+    return state["state"] != "unavailable", state.get("reason")
+
+
+def _resolve(backend: str, device, build: bool = True) -> tuple[str, str | None, str | None]:
+    """``(chosen, notice_key, notice)``; ``build=False`` never compiles the extension."""
     # the environment wins over the caller, so a user can force a backend without code changes
     forced = os.environ.get(ENV_VAR)
     if forced:
@@ -70,16 +93,23 @@ def _resolve(backend: str, device) -> tuple[str, str | None, str | None]:
     device = torch.device(device)
     if backend == "torch":
         return "torch", None, None
-    if backend == "cpp":
+    if backend == "cpp" and device.type == "cuda":
+        chosen = _resolve("auto", device, build)[0]
+        return (
+            chosen,
+            "frontend.cpp.cuda",
+            f"front end: the C++ backend runs on CPU tensors; using {chosen} for CUDA tensors",
+        )
+    if backend == "cpp" or (backend == "auto" and device.type != "cuda"):
+        ok, why = _cpp_state(build)
+        if ok:
+            return "cpp", None, None
         return (
             "torch",
             "frontend.cpp",
-            "front end: the C++ backend is not built yet (it arrives in a later issue); "
+            f"front end: the C++ extension fastspec._C is unavailable ({why}); "
             "using the torch reference",
         )
-    if backend == "auto" and device.type != "cuda":
-        # on CPU the torch reference is the designed choice until the C++ backend exists
-        return "torch", None, None
     # importing the kernel module, not just triton, catches a Triton too old for the kernel
     ok, why = _triton_import()
     if ok:
@@ -101,10 +131,10 @@ def _resolve(backend: str, device) -> tuple[str, str | None, str | None]:
 
 
 def resolve_backend(backend: str, device) -> str:
-    """The backend that will run for tensors on ``device``: ``"torch"`` or ``"triton"``.
+    """The backend that will run for tensors on ``device``: ``torch``, ``triton`` or ``cpp``.
 
     Args:
-        backend: ``auto`` | ``torch`` | ``triton`` | ``cpp`` (``cpp`` currently runs torch).
+        backend: ``auto`` | ``torch`` | ``triton`` | ``cpp``.
         device: ``torch.device`` or string.
 
     The environment variable ``FASTSPEC_FRONTEND_BACKEND`` replaces ``backend`` when set.
@@ -126,7 +156,7 @@ def backend_report() -> dict:
 
     def auto(device):
         try:
-            return _resolve("auto", device)[0]
+            return _resolve("auto", device, build=False)[0]
         except ValueError as exc:  # a bad FASTSPEC_FRONTEND_BACKEND: report it, don't crash info
             return f"error: {exc}"
 
@@ -139,6 +169,18 @@ def backend_report() -> dict:
         "triton_error": triton_why,
         "triton_interpret": _interpret_active(),
         "env_override": os.environ.get(ENV_VAR),
-        "cpp": "not built (later issue); requests fall back to torch",
+        "cpp": _cpp_report(),
     }
     return report
+
+
+def _cpp_report() -> str:
+    from . import cpp
+
+    state = cpp.status()
+    if state["state"] in ("loaded", "installed", "cached"):
+        lanes = f", {state['simd_lanes']} SIMD lanes" if "simd_lanes" in state else ""
+        return f"{state['state']} ({state['path']}{lanes})"
+    if state["state"] == "buildable":
+        return f"not built yet: built on first CPU use (~2 s) with {state['compiler']}"
+    return f"unavailable: {state['reason']}"

@@ -26,7 +26,7 @@ _CHOICES = {
     "mel_scale": ("kaldi", "htk"),
     "log": ("ln", "db"),
     "norm": ("mean_std", "min_max", "none"),
-    "precision": ("ieee", "tf32", "tf32x3"),
+    "precision": ("ieee", "tf32", "tf32x3", "bf16x3", "bf16x6"),
 }
 _INT_FIELDS = ("sample_rate", "win_length", "hop_length", "n_fft", "n_mels")
 _FLOAT_FIELDS = (
@@ -110,12 +110,16 @@ class FrontendConfig:
     norm_max: float = 50.6842
     """min_max upper constant (ATST's MinMax, dB)."""
     precision: str = "ieee"
-    """Matmul precision of the Triton backend: ieee (fp32), tf32x3 (split tf32, about as
-    accurate), tf32 (fastest; errors up to ~2 log units on audio with 60 dB of dynamic range,
-    for throughput experiments only). See fastspec.kernels.logmel. The torch backend always
-    computes in fp32 (fp64 for fp64 input)."""
+    """Matmul precision of the Triton backend (GPU): ieee (fp32 FMA, no tensor cores), bf16x6
+    (split bf16, 6 products: the accurate tensor-core mode, more accurate than fp32 torch),
+    tf32x3 (split tf32, about as accurate as ieee), bf16x3 (the fast mode: ~1e-2 ln max, 1e-4
+    mean on real-like audio), tf32 (whole log units off in quiet bins; experiments only). See
+    fastspec.kernels.logmel for the measured errors. The C++ and torch backends always compute
+    in fp32 (torch: fp64 for fp64 input)."""
     check_finite: bool = True
-    """Raise ValueError on NaN/inf in the valid samples. Costs one host sync per call on GPU."""
+    """Raise ValueError on NaN/inf in the valid samples (and on lengths outside [0, S]). The
+    Triton kernel and the C++ code scan the samples in their own pass; on GPU the result costs
+    one host sync per call, so turn this off for CUDA-graph capture."""
 
     def __post_init__(self):
         errors = []

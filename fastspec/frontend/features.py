@@ -1,25 +1,25 @@
 """The log-mel front end: :func:`logmel` and the :class:`LogMel` module.
 
-Both dispatch to a backend (``fastspec.frontend.backend``): the fused Triton kernel
-(``fastspec.kernels.logmel``) or the torch reference (``fastspec.kernels.reference``). Device
-constants (window, mel matrix, folded DFT basis) are built in float64 once per
-(config, device, dtype) and cached.
+Both call the torch library op ``torch.ops.fastspec.logmel`` (``fastspec.frontend.op``), which
+resolves the backend at run time (``fastspec.frontend.backend``): the fused Triton kernel
+(``fastspec.kernels.logmel``), the C++ extension (``fastspec.frontend.cpp``) or the torch
+reference (``fastspec.kernels.reference``). Everything on the Python side here reads only shapes
+and dtypes, so ``torch.compile(fullgraph=True)`` traces it into one op node. Device constants
+(window, mel matrix, folded DFT basis) are built in float64 once per (config, device) and cached.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 from torch import Tensor, nn
 
-from fastspec.kernels import reference as ref
-
-from .backend import resolve_backend
 from .config import FrontendConfig, _reject_unknown, get_preset, num_frames
+from .op import config_key, reference_logmel, triton_plan
+from .polyphase import resample, resampled_lengths
 
-__all__ = ["logmel", "LogMel", "logmel_reference", "as_config"]
+__all__ = ["logmel", "LogMel", "logmel_reference", "frame_lengths", "as_config"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -36,108 +36,39 @@ def as_config(preset: str | FrontendConfig, overrides: dict) -> FrontendConfig:
     return get_preset(preset, **overrides)
 
 
-def _mel_banks(cfg: FrontendConfig, dtype, device) -> Tensor:
-    build = ref.kaldi_mel_banks if cfg.mel_scale == "kaldi" else ref.htk_mel_banks
-    return build(
-        cfg.n_mels, cfg.n_fft, cfg.sample_rate, cfg.f_min, cfg.f_max, dtype=dtype, device=device
-    )
+_OUT_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _window(cfg: FrontendConfig, dtype, device) -> Tensor:
-    return ref.window_ref(
-        cfg.window,
-        cfg.win_length,
-        cfg.periodic_window,
-        cfg.frame_length,
-        dtype=dtype,
-        device=device,
-    )
+def _triton_plan(cfg: FrontendConfig, device: torch.device, orig_sample_rate: int | None = None):
+    """The Triton kernel's plan for ``cfg`` (cached; see ``op.triton_plan``)."""
+    return triton_plan(cfg, device, orig_sample_rate)
 
 
-# configs are frozen dataclasses, hence hashable cache keys; a handful live in one process
-@functools.lru_cache(maxsize=64)
-def _torch_constants(cfg: FrontendConfig, device: torch.device, dtype: torch.dtype):
-    """``(window [frame_length], mel_fb [n_fft // 2 + 1, n_mels])`` for the torch backend."""
-    return _window(cfg, dtype, device), _mel_banks(cfg, dtype, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _triton_plan(cfg: FrontendConfig, device: torch.device):
-    from fastspec.kernels.logmel import make_logmel_plan
-
-    # built in float64 on the host and cast once: the folded basis is a product of four
-    # matrices, which float32 would round four times
-    window = _window(cfg, torch.float64, "cpu")
-    basis_re, basis_im = ref.frame_spectrum_basis(window, cfg.n_fft, cfg.remove_dc, cfg.preemphasis)
-    return make_logmel_plan(
-        basis_re,
-        basis_im,
-        _mel_banks(cfg, torch.float64, "cpu"),
-        hop_length=cfg.hop_length,
-        center=cfg.center,
-        pad_mode=cfg.pad_mode,
-        power=cfg.power,
-        log_floor=cfg.log_floor,
-        log_mult=cfg.log_mult,
-        top_db=cfg.top_db,
-        device=device,
-    )
-
-
-def _check_inputs(wave: Tensor, lengths, cfg: FrontendConfig) -> Tensor | None:
-    """Validate shapes/dtypes and values; returns ``lengths`` as an int64 tensor on wave's device.
-
-    Value checks (NaN/inf, lengths in range) read one small tensor back to the host: the only
-    host sync of the front end, skipped when ``cfg.check_finite`` is False and lengths is None.
-    """
+def _check_meta(wave: Tensor, lengths, dtype: torch.dtype) -> Tensor | None:
+    """Validate shapes and dtypes (no value reads, so nothing here syncs or breaks a graph);
+    returns ``lengths`` as a tensor on wave's device. Values (NaN/inf, lengths in range) are
+    checked inside the op, by the backend that runs."""
     if not isinstance(wave, Tensor):
         raise TypeError(f"wave must be a torch.Tensor, got {type(wave).__name__}")
     if wave.dim() != 2:
         raise ValueError(f"wave must be [B, S] or [S], got shape {tuple(wave.shape)}")
     # int16 is what decoders hand over; anything else (int32, bool) is more likely a bug
     if wave.dtype not in _FLOAT_DTYPES and wave.dtype != torch.int16:
-        raise ValueError(f"wave must be float (in [-1, 1]) or int16, got {wave.dtype}")
-    batch, num_samples = wave.shape
-    if lengths is not None:
-        lengths = torch.as_tensor(lengths, device=wave.device)
-        if (
-            lengths.shape != (batch,)
-            or lengths.dtype.is_floating_point
-            or lengths.dtype == torch.bool
-        ):
-            raise ValueError(
-                f"lengths must be an int tensor of shape [B={batch}], got {lengths.dtype} "
-                f"{tuple(lengths.shape)}"
-            )
-        lengths = lengths.to(torch.long)
-    checks = []
-    if cfg.check_finite and wave.dtype != torch.int16:
-        bad = ~torch.isfinite(wave)
-        if lengths is not None:
-            # padding past a clip's length is never read, so it may hold anything
-            bad &= torch.arange(num_samples, device=wave.device)[None, :] < lengths[:, None]
-        checks.append(bad.any(dim=1))
-    if lengths is not None:
-        checks.append((lengths < 0) | (lengths > num_samples))
-    if checks and batch:
-        # host sync: one [k, B] bool tensor read back to raise with the clip index
-        flags = torch.stack(checks).cpu()
-        if cfg.check_finite and wave.dtype != torch.int16 and flags[0].any():
-            clips = flags[0].nonzero().flatten().tolist()
-            raise ValueError(f"wave holds NaN or inf in clip(s) {clips[:10]} (batch index)")
-        if lengths is not None and flags[-1].any():
-            clip = int(flags[-1].nonzero()[0])
-            raise ValueError(
-                f"lengths[{clip}]={int(lengths[clip])} is outside [0, S={num_samples}]"
-            )
-    return lengths
-
-
-def _to_float(wave: Tensor, dtype: torch.dtype) -> Tensor:
-    if wave.dtype == torch.int16:
-        # int16 PCM as loaders hand it over: full scale is 32768, as soundfile/torchaudio divide
-        return wave.to(dtype) / 32768.0
-    return wave.to(dtype)
+        raise ValueError(
+            f"wave must be float (in [-1, 1]) or int16, got {wave.dtype} {tuple(wave.shape)}"
+        )
+    if dtype not in _OUT_DTYPES:
+        raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+    if lengths is None:
+        return None
+    batch = wave.shape[0]
+    lengths = torch.as_tensor(lengths, device=wave.device)
+    if lengths.shape != (batch,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(
+            f"lengths must be an int tensor of shape [B={batch}], got {lengths.dtype} "
+            f"{tuple(lengths.shape)}"
+        )
+    return lengths.to(torch.long)
 
 
 def logmel_reference(
@@ -147,61 +78,80 @@ def logmel_reference(
     *,
     normalize: bool = True,
     dtype: torch.dtype = torch.float64,
+    orig_sample_rate: int | None = None,
 ) -> Tensor:
     """The torch reference in ``dtype`` (float64 by default): ``[B, S]`` -> ``[B, T, n_mels]``.
 
     No input checks and no dtype change of the result: the ground truth for tests/benchmarks.
+    With ``orig_sample_rate``, ``wave`` is first resampled (polyphase, in ``dtype``; padding past
+    ``lengths`` zeroed) to ``cfg.sample_rate``.
     """
-    window, mel_fb = _torch_constants(cfg, wave.device, dtype)
-    norm_mul, norm_add = cfg.norm_affine(normalize)
-    return ref.logmel_ref(
-        _to_float(wave, dtype),
-        lengths,
-        window,
-        mel_fb,
-        hop_length=cfg.hop_length,
-        n_fft=cfg.n_fft,
-        center=cfg.center,
-        pad_mode=cfg.pad_mode,
-        remove_dc=cfg.remove_dc,
-        preemphasis=cfg.preemphasis,
-        power=cfg.power,
-        log_floor=cfg.log_floor,
-        log_mult=cfg.log_mult,
-        top_db=cfg.top_db,
-        norm_mul=norm_mul,
-        norm_add=norm_add,
-    )
+    if orig_sample_rate is not None and orig_sample_rate != cfg.sample_rate:
+        x = wave.to(dtype) if wave.dtype != torch.int16 else wave.to(dtype) / 32768.0
+        if lengths is not None:
+            valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+            x = torch.where(valid, x, torch.zeros((), dtype=dtype, device=x.device))
+            lengths = resampled_lengths(lengths, orig_sample_rate, cfg.sample_rate)
+        wave = resample(x, orig_sample_rate, cfg.sample_rate)
+    return reference_logmel(wave, lengths, cfg, normalize, dtype)
 
 
-def _logmel(wave: Tensor, lengths, cfg: FrontendConfig, normalize: bool, backend: str) -> Tensor:
+def frame_lengths(
+    lengths: Tensor | None,
+    num_samples: int,
+    cfg: FrontendConfig,
+    *,
+    batch: int | None = None,
+    orig_sample_rate: int | None = None,
+    device=None,
+) -> Tensor:
+    """``[B]`` int64 valid frames per clip: what ``logmel(..., return_lengths=True)`` returns.
+
+    ``lengths`` are in samples at ``orig_sample_rate`` (default ``cfg.sample_rate``); None means
+    every one of the ``batch`` clips has ``num_samples``.
+    """
+    orig = orig_sample_rate or cfg.sample_rate
+    if lengths is None:
+        lengths = torch.full((batch,), num_samples, dtype=torch.long, device=device)
+    if orig != cfg.sample_rate:
+        lengths = resampled_lengths(lengths, orig, cfg.sample_rate)
+    return num_frames(lengths.to(torch.long).clamp(0, None), cfg)
+
+
+def _logmel(
+    wave: Tensor,
+    lengths,
+    cfg: FrontendConfig,
+    normalize: bool,
+    backend: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    orig_sample_rate: int | None = None,
+    return_lengths: bool = False,
+    key: str | None = None,
+):
     squeeze = isinstance(wave, Tensor) and wave.dim() == 1
     if squeeze:
         wave = wave[None]
         if lengths is not None:
             lengths = torch.as_tensor(lengths).reshape(1)
-    lengths = _check_inputs(wave, lengths, cfg)
-    chosen = resolve_backend(backend, wave.device)
+    lengths = _check_meta(wave, lengths, dtype)
+    orig = int(orig_sample_rate or cfg.sample_rate)
     # features feed the model as data: no graph, no saved activations
-    with torch.no_grad():
-        if chosen == "triton":
-            from fastspec.kernels.logmel import fused_logmel
-
-            norm_mul, norm_add = cfg.norm_affine(normalize)
-            out = fused_logmel(
-                wave,
-                lengths,
-                _triton_plan(cfg, wave.device),
-                norm_mul=norm_mul,
-                norm_add=norm_add,
-                precision=cfg.precision,
-            )
-        else:
-            # float64 input keeps float64 math (used to check the backend against itself)
-            dtype = torch.float64 if wave.dtype == torch.float64 else torch.float32
-            out = logmel_reference(wave, lengths, cfg, normalize=normalize, dtype=dtype)
-            out = out.to(torch.float32)
-    return out[0] if squeeze else out
+    out = torch.ops.fastspec.logmel(
+        wave.detach(), lengths, key or config_key(cfg), normalize, backend, dtype, orig
+    )
+    if not return_lengths:
+        return out[0] if squeeze else out
+    n_valid = frame_lengths(
+        lengths,
+        wave.shape[1],
+        cfg,
+        batch=wave.shape[0],
+        orig_sample_rate=orig,
+        device=wave.device,
+    )
+    return (out[0], n_valid[0]) if squeeze else (out, n_valid)
 
 
 def logmel(
@@ -211,35 +161,57 @@ def logmel(
     preset: str | FrontendConfig = "kaldi",
     normalize: bool = True,
     backend: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    orig_sample_rate: int | None = None,
+    return_lengths: bool = False,
     **overrides,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Log-mel features of a batch of clips.
 
     Args:
-        wave: ``[B, S]`` (or ``[S]``) float samples in [-1, 1] at ``sample_rate`` (int16 PCM is
-            accepted and scaled by 1/32768).
-        lengths: ``[B]`` int valid samples per clip; None means all ``S``.
+        wave: ``[B, S]`` (or ``[S]``) float samples in [-1, 1] at ``orig_sample_rate`` (default:
+            the config's ``sample_rate``); int16 PCM is accepted and scaled by 1/32768.
+        lengths: ``[B]`` int valid samples per clip (at the rate of ``wave``); None means all
+            ``S``.
         preset: a preset name (``list_presets()``) or a :class:`FrontendConfig`.
         normalize: apply the preset's dataset normalisation.
         backend: ``auto`` | ``torch`` | ``triton`` | ``cpp`` (see ``resolve_backend``).
+        dtype: output dtype, ``torch.float32`` or ``torch.bfloat16`` (rounded once, at the end).
+        orig_sample_rate: sample rate of ``wave`` if it differs from the config's: the clips are
+            resampled (polyphase, as ``scipy.signal.resample_poly``) in the same call; the
+            Triton kernel folds the resampler into its frame basis for snip-edges framing
+            (Kaldi), other paths resample on the same device first.
+        return_lengths: also return the ``[B]`` int64 valid frame count of each clip.
         **overrides: any :class:`FrontendConfig` field.
 
     Returns:
-        ``[B, T, n_mels]`` (or ``[T, n_mels]``) float32, ``T = num_frames(S, cfg)``. Frames with
-        ``t >= num_frames(lengths[b])`` are exactly 0, so a padded batch equals its clips processed
-        one at a time on their valid frames.
+        ``[B, T, n_mels]`` (or ``[T, n_mels]``) in ``dtype``, ``T = num_frames(S', cfg)`` with
+        ``S'`` the (resampled) sample count; with ``return_lengths``, ``(features, frames)``.
+        Frames with ``t >= frames[b]`` are exactly 0, so a padded batch equals its clips
+        processed one at a time on their valid frames.
 
     Raises:
         ValueError: bad shapes, NaN/inf in a clip's valid samples (names the clip index),
-            unknown preset or override.
+            lengths outside ``[0, S]``, unknown preset or override.
     """
-    return _logmel(wave, lengths, as_config(preset, overrides), normalize, backend)
+    return _logmel(
+        wave,
+        lengths,
+        as_config(preset, overrides),
+        normalize,
+        backend,
+        dtype=dtype,
+        orig_sample_rate=orig_sample_rate,
+        return_lengths=return_lengths,
+    )
 
 
 class LogMel(nn.Module):
     """Log-mel front end as a module (no parameters, no buffers: constants are cached per device).
 
-    ``forward(wave [B, S], lengths [B] | None) -> [B, T, n_mels]`` float32, as :func:`logmel`.
+    ``forward(wave [B, S], lengths [B] | None) -> [B, T, n_mels]`` in ``dtype``, as
+    :func:`logmel` (``return_lengths=True`` adds the ``[B]`` frame counts). Its forward reads
+    only shapes on the Python side, so ``torch.compile(fullgraph=True)`` traces it into one op.
     """
 
     def __init__(
@@ -247,12 +219,19 @@ class LogMel(nn.Module):
         preset: str | FrontendConfig = "kaldi",
         normalize: bool = True,
         backend: str = "auto",
+        *,
+        dtype: torch.dtype = torch.float32,
+        orig_sample_rate: int | None = None,
         **overrides,
     ):
         super().__init__()
         self.config = as_config(preset, overrides)
         self.normalize = normalize
         self.backend = backend
+        self.dtype = dtype
+        self.orig_sample_rate = orig_sample_rate
+        # the op's config string, made once here so that compiled forwards see a constant
+        self._key = config_key(self.config)
 
     @classmethod
     def from_config(
@@ -294,8 +273,24 @@ class LogMel(nn.Module):
             t = t + self.config.win_length / 2.0
         return t * (1000.0 / self.config.sample_rate)
 
-    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
-        return _logmel(wave, lengths, self.config, self.normalize, self.backend)
+    def frame_lengths(self, lengths: Tensor) -> Tensor:
+        """``[B]`` valid frames of clips with ``lengths`` samples (at the input rate)."""
+        return frame_lengths(lengths, 0, self.config, orig_sample_rate=self.orig_sample_rate)
+
+    def forward(
+        self, wave: Tensor, lengths: Tensor | None = None, *, return_lengths: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        return _logmel(
+            wave,
+            lengths,
+            self.config,
+            self.normalize,
+            self.backend,
+            dtype=self.dtype,
+            orig_sample_rate=self.orig_sample_rate,
+            return_lengths=return_lengths,
+            key=self._key,
+        )
 
     def extra_repr(self) -> str:
         c = self.config

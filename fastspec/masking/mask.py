@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fastspec.kernels.masking_reference import compact_keep
+
 
 @dataclass(frozen=True, eq=False)
 class Mask:
@@ -16,21 +18,36 @@ class Mask:
     ``n = t * F_patches + f`` (time-major), the order :meth:`ViTEncoder.patchify` produces.
     All tensors live on the batch's device.
 
+    With ``num_masks = M > 1`` (:func:`~fastspec.masking.sample_mask`), B counts masks, not
+    clips: row ``b * M + j`` is mask ``j`` of clip ``b`` (pair it with
+    ``mel.repeat_interleave(M, 0)``).
+
     Attributes:
-        mask: [B, N] bool, True = masked (hidden from the encoder).
+        mask: [B, N] bool, True = masked (hidden from the encoder, or corrupted). For the
+            dropping kinds every row masks exactly ``N - K`` tokens, the complement of
+            ``ids_keep``. For ``group`` (not dropped) it is the per-patch threshold on
+            ``coverage`` and its row counts vary; see ``ids_keep``.
         ids_keep: [B, K] int64, grid indices of the kept tokens, ascending within each row;
-            every row keeps the same K, so shapes never depend on the data.
+            every row keeps the same K, so shapes never depend on the data. For ``group``: the
+            K least-covered patches (K from the ratio), which are unmasked except when a row's
+            coverage overshoots the ratio.
         ids_restore: [B, N] int64; ``ids_restore[b, n]`` is the position of original token ``n``
             in ``cat(kept, masked)`` order, i.e. the inverse permutation of
             ``cat(ids_keep, ids_masked)``. Gathering with it undoes the drop
             (:func:`~fastspec.masking.restore_tokens`).
         grid: (T_patches, F_patches), with N = T_patches * F_patches.
+        spec_mask: ``group`` only: [B, T, F] bool, the spectrogram bins under a rectangle
+            (T = T_patches * pt, F = F_patches * pf); feed it to
+            :func:`~fastspec.masking.apply_group_mask`. None for the other kinds.
+        coverage: ``group`` only: [B, N] float32, the covered fraction of each patch.
     """
 
     mask: Tensor
     ids_keep: Tensor
     ids_restore: Tensor
     grid: tuple[int, int]
+    spec_mask: Tensor | None = None
+    coverage: Tensor | None = None
 
     def __post_init__(self) -> None:
         # shape checks only: value checks would need a host sync
@@ -77,14 +94,6 @@ class Mask:
             grid: (T_patches, F_patches).
             n_keep: K, the number of False entries in every row.
         """
-        b, n = mask.shape
-        # stable sort of 0 (kept) before 1 (masked): kept ascending, then masked ascending
-        ids_order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # [B, N]
-        return cls(mask, ids_order[:, :n_keep], _invert_permutation(ids_order), grid)
-
-
-def _invert_permutation(ids_order: Tensor) -> Tensor:
-    """[B, N] permutation -> its inverse, by one scatter (cheaper than a second argsort)."""
-    b, n = ids_order.shape
-    positions = torch.arange(n, device=ids_order.device).expand(b, n)
-    return torch.empty_like(ids_order).scatter_(1, ids_order, positions)
+        # prefix sums, not a sort: kept tokens ascending, then masked tokens ascending
+        ids_keep, ids_restore = compact_keep(~mask, n_keep)
+        return cls(mask, ids_keep, ids_restore, grid)

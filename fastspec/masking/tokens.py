@@ -1,14 +1,23 @@
 """Token drop and restore: the index plumbing between a :class:`~fastspec.masking.Mask` and a model.
 
-Both ops are a single ``torch.gather`` over the token axis, so they run on the batch's device,
-need no host sync, and pass gradients to the kept tokens (and, for :func:`restore_tokens`, to the
-mask token).
+- :func:`gather_tokens`: keep the listed tokens of a token tensor (one ``torch.gather``).
+- :func:`embed_kept_patches`: drop + patch embedding in one step, straight from the log-mel; the
+  fused Triton kernel on CUDA (``fastspec.kernels.patch_embed``), gather-then-linear elsewhere.
+- :func:`restore_tokens`: kept tokens back on the grid with a mask token (and optional
+  positions) for a decoder; a Triton kernel on CUDA, cat-then-gather elsewhere.
+
+The backend is :func:`~fastspec.masking.patch_embed_backend` (``FASTSPEC_PATCH_EMBED``). All run
+on the batch's device without a host sync and pass gradients to the weights / kept tokens /
+mask token.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from fastspec.kernels.masking_reference import embed_kept_patches_ref, restore_tokens_ref
+from fastspec.masking.backend import patch_embed_backend
 
 
 def gather_tokens(x: Tensor, ids_keep: Tensor) -> Tensor:
@@ -33,7 +42,42 @@ def gather_tokens(x: Tensor, ids_keep: Tensor) -> Tensor:
     return torch.gather(x, 1, index)
 
 
-def restore_tokens(x_kept: Tensor, ids_restore: Tensor, mask_token: Tensor) -> Tensor:
+def embed_kept_patches(
+    mel: Tensor,
+    ids_keep: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None,
+    pos: Tensor,
+    patch_size: tuple[int, int],
+) -> Tensor:
+    """Patch-embed only the kept patches of a log-mel and add their positions.
+
+    Equals ``linear(gather_tokens(patchify(mel), ids_keep), weight, bias) + pos[ids_keep]``
+    (computed exactly that way by the torch backend), without materialising the N patches.
+
+    Args:
+        mel: [B, T, F] log-mel, T and F multiples of ``patch_size``.
+        ids_keep: [B, K] int64 grid indices to keep (``Mask.ids_keep``), or None for all N.
+        weight: [D, pt * pf]; bias: [D] or None (an ``nn.Linear``'s parameters).
+        pos: [N, D] positions of the full grid (no gradient).
+        patch_size: (pt, pf).
+
+    Returns:
+        [B, K, D] in ``pos``'s dtype (under autocast the matmul runs in the autocast dtype and
+        the fp32 positions promote the sum, as in the reference).
+    """
+    if patch_embed_backend(mel.device) == "triton":
+        from fastspec.kernels.patch_embed import embed_kept_patches as fused
+
+        # the kernel reads int64 indices; the torch path takes any integer dtype, so cast here
+        ids = ids_keep.long() if ids_keep is not None else None
+        return fused(mel, ids, weight, bias, pos, tuple(patch_size))
+    return embed_kept_patches_ref(mel, ids_keep, weight, bias, pos, tuple(patch_size))
+
+
+def restore_tokens(
+    x_kept: Tensor, ids_restore: Tensor, mask_token: Tensor, pos: Tensor | None = None
+) -> Tensor:
     """Put kept tokens back at their grid positions and fill the rest with ``mask_token``.
 
     Args:
@@ -41,9 +85,11 @@ def restore_tokens(x_kept: Tensor, ids_restore: Tensor, mask_token: Tensor) -> T
         ids_restore: [B, N] int64; ``ids_restore[b, n]`` is where original token ``n`` sits in
             ``cat(kept, masked)`` order (``Mask.ids_restore``), so a gather with it undoes the drop.
         mask_token: [D] the fill value for dropped tokens (usually a learned parameter).
+        pos: [N, D] positions added to every restored token (fused into the same pass), or None.
 
     Returns:
-        [B, N, D] with kept tokens in place and ``mask_token`` at every masked position.
+        [B, N, D] with kept tokens in place and ``mask_token`` (cast to ``x_kept``'s dtype) at
+        every masked position, plus ``pos``; dtype of ``x_kept``, promoted with ``pos``'s.
     """
     if x_kept.dim() != 3:
         raise ValueError(
@@ -60,10 +106,9 @@ def restore_tokens(x_kept: Tensor, ids_restore: Tensor, mask_token: Tensor) -> T
             f"restore_tokens: mask_token must have D = {d} elements, "
             f"got shape {tuple(mask_token.shape)}"
         )
-    n = ids_restore.shape[1]
-    # cast: under autocast x_kept is bf16/fp16 while the parameter stays fp32, and cat would
-    # otherwise promote the whole sequence to fp32
-    fill = mask_token.reshape(1, 1, d).to(x_kept.dtype).expand(b, n - k, d)
-    full = torch.cat([x_kept, fill], dim=1)  # [B, N, D] in cat(kept, masked) order
-    index = ids_restore.unsqueeze(-1).expand(-1, -1, d)
-    return torch.gather(full, 1, index)
+    if patch_embed_backend(x_kept.device) == "triton":
+        from fastspec.kernels.masking_restore import restore_tokens as fused
+
+        return fused(x_kept, ids_restore, mask_token, pos)
+    # the cast keeps bf16/fp16 tokens in their dtype under autocast (the parameter is fp32)
+    return restore_tokens_ref(x_kept, ids_restore, mask_token, pos)

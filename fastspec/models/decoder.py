@@ -101,11 +101,10 @@ class MAEDecoder(nn.Module):
                 f"got shape {tuple(latent.shape)}"
             )
         x = self.decoder_embed(latent)  # [B, 1 + K, D_dec]
-        tokens = restore_tokens(x[:, 1:], ids_restore, self.mask_token)  # [B, N, D_dec]
-        # positions of the full grid; fp32 parameters promote the sum as in the encoder
-        tokens = tokens + cached_sincos_2d(
-            tuple(grid), self.decoder_dim, latent.device, self.mask_token.dtype
-        )
+        # positions of the full grid, added in the same pass as the restore (one Triton kernel
+        # on CUDA); fp32 parameters promote the sum as in the encoder
+        pos = cached_sincos_2d(tuple(grid), self.decoder_dim, latent.device, self.mask_token.dtype)
+        tokens = restore_tokens(x[:, 1:], ids_restore, self.mask_token, pos)  # [B, N, D_dec]
         x = torch.cat([x[:, :1].to(tokens.dtype), tokens], dim=1)  # class token: zero position
         for block in self.blocks:
             x = block(x)

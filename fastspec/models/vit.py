@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastspec.kernels.masking_reference import gather_patches_ref
+from fastspec.masking import embed_kept_patches
 from fastspec.models.layers import Block, init_mae_
 from fastspec.models.pos_embed import cached_sincos_2d
 from fastspec.models.registry import build_with_overrides, register_model
@@ -174,16 +176,8 @@ class ViTEncoder(nn.Module):
 
         Equals ``gather_tokens(patchify(mel), ids_keep)`` without materialising all N patches.
         """
-        t_p, f_p = self._check_mel(mel)
-        pt, pf = self.patch_size
-        b, k = ids_keep.shape
-        view = mel.reshape(b, t_p, pt, f_p, pf)
-        # grid index n -> (t, f); advanced indices split by a slice put the [B, K] index dims
-        # first, so the result is [B, K, pt, pf] with each patch in time-major order
-        t_idx = torch.div(ids_keep, f_p, rounding_mode="floor")
-        f_idx = ids_keep - t_idx * f_p
-        rows = torch.arange(b, device=mel.device).unsqueeze(1)  # [B, 1]
-        return view[rows, t_idx, :, f_idx, :].reshape(b, k, pt * pf)
+        self._check_mel(mel)
+        return gather_patches_ref(mel, ids_keep, self.patch_size)
 
     def position_embedding(self, grid: tuple[int, int], device=None) -> Tensor:
         """Fixed 2-D sin-cos positions [T_p * F_p, D] (time half, then frequency half), cached
@@ -222,16 +216,16 @@ class ViTEncoder(nn.Module):
         grid = self._check_mel(mel)
         b = mel.shape[0]
         pos = self.position_embedding(grid, mel.device)  # [N, D]
-        weight_dtype = self.patch_embed.weight.dtype
-        if ids_keep is None:
-            x = self.patch_embed(self.patchify(mel).to(weight_dtype)) + pos  # [B, N, D]
-        else:
-            if ids_keep.dim() != 2 or ids_keep.shape[0] != b:
-                raise ValueError(
-                    f"ids_keep must be [B, K] with B = {b}, got shape {tuple(ids_keep.shape)}"
-                )
-            patches = self._gather_patches(mel, ids_keep).to(weight_dtype)  # [B, K, pt*pf]
-            x = self.patch_embed(patches) + pos[ids_keep]  # [B, K, D]
+        if ids_keep is not None and (ids_keep.dim() != 2 or ids_keep.shape[0] != b):
+            raise ValueError(
+                f"ids_keep must be [B, K] with B = {b}, got shape {tuple(ids_keep.shape)}"
+            )
+        # dropped patches are never embedded: one fused Triton kernel on CUDA (gather, matmul,
+        # bias, positions), gather-then-linear elsewhere; the choice is made in
+        # fastspec.masking.backend (FASTSPEC_PATCH_EMBED)
+        x = embed_kept_patches(
+            mel, ids_keep, self.patch_embed.weight, self.patch_embed.bias, pos, self.patch_size
+        )  # [B, K (or N), D]
         # under autocast the embed is bf16 and the fp32 positions promote the sum: the residual
         # stream stays fp32 (as in timm/MAE), only matmuls run in low precision
         cls = self.cls_token.to(x.dtype).expand(b, 1, -1)  # its position term is zero

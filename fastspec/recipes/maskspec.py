@@ -73,11 +73,18 @@ class MaskSpec(nn.Module):
         # clamp keeps ratio 0 (nothing masked) finite; never a host sync
         return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
-    def forward(self, mel: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        mel: Tensor,
+        generator: torch.Generator | None = None,
+        frame_lengths: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """One training forward pass.
 
         mel: [B, T, F] normalised log-mel (T is zero-padded up to a whole number of patches).
         generator: the RNG of the mask sampler, on mel's device (seeded per step by the loop).
+        frame_lengths: [B] valid frames per clip; unused: like Audio-MAE, MaskSpec trains on
+            fixed-length crops whose zero padding (short clips) is part of the input.
         Returns {"loss": scalar}.
         """
         mel = pad_frames(mel, self.encoder.patch_size[0])

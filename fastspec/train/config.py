@@ -33,7 +33,9 @@ class ConfigError(ValueError):
 class DataConfig:
     source: str | None = None
     """Audio to train on: a folder (WAV/FLAC/OGG, recursive), a .csv or .jsonl manifest with a
-    ``path`` column, or None for the built-in synthetic demo corpus."""
+    ``path`` column, tar shards (``.tar``, a folder of them, or ``shard-{000000..000009}.tar``),
+    a dataset as ``esc50:ROOT``, ``speechcommands:ROOT`` or ``audioset:SEGMENTS.csv``, or None
+    for the built-in synthetic demo corpus (``fastspec.data.open_source``)."""
     sample_rate: int = 16000
     """Rate the recipe works at; audio at other rates is resampled."""
     clip_seconds: float = 10.24
@@ -44,12 +46,32 @@ class DataConfig:
     """Number of clips of the demo corpus (only when ``source`` is None)."""
     demo_clip_seconds: float = 2.0
     """Length of each generated demo clip."""
+    loader: str = "auto"
+    """Data loader: ``dali`` (NVIDIA DALI decodes and hands batches to the GPU), ``torch``
+    (soundfile in DataLoader workers) or ``auto`` (DALI when installed and there are files to
+    decode, said in one line). Both give the same batches; ``num_workers`` sets DALI's threads.
+    The environment variable ``FASTSPEC_LOADER`` overrides it."""
 
     def __post_init__(self):
         _check(self.sample_rate > 0, "data.sample_rate", self.sample_rate, "must be > 0")
         _check(self.clip_seconds > 0, "data.clip_seconds", self.clip_seconds, "must be > 0")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
         _check(self.demo_clips > 0, "data.demo_clips", self.demo_clips, "must be > 0")
+        _check(
+            self.loader in ("auto", "dali", "torch"),
+            "data.loader",
+            self.loader,
+            "must be auto, dali or torch",
+        )
+        if self.loader == "dali":
+            from fastspec.data import dali_available
+
+            _check(
+                dali_available(),
+                "data.loader",
+                self.loader,
+                "NVIDIA DALI is not installed (pip install nvidia-dali-cuda130); use auto or torch",
+            )
 
 
 @dataclass
@@ -81,8 +103,19 @@ class ModelConfig:
     """Blocks of the decoder."""
     decoder_heads: int = 16
     """Attention heads of the decoder."""
+    patch_size: tuple[int, int] | None = None
+    """(frames, mel bins) per patch, overriding the encoder's own (None); the ATST recipes use
+    (4, 64): full-frequency patches of 40 ms."""
 
     def __post_init__(self):
+        if self.patch_size is not None:  # a JSON round trip gives a list
+            self.patch_size = tuple(self.patch_size)
+            _check(
+                len(self.patch_size) == 2 and all(int(v) == v > 0 for v in self.patch_size),
+                "model.patch_size",
+                self.patch_size,
+                "must be two positive ints (frames, mel bins)",
+            )
         for key in ("decoder_dim", "decoder_depth", "decoder_heads"):
             _check(getattr(self, key) > 0, f"model.{key}", getattr(self, key), "must be > 0")
         _check(
@@ -207,6 +240,153 @@ class TrainConfig:
 
 
 @dataclass
+class AtstConfig:
+    """Settings of the ``atst-clip`` and ``atst-frame`` recipes (ATST-Frame's mask kind and
+    ratio are ``masking.kind`` and ``masking.ratio``)."""
+
+    crop_seconds: float | None = None
+    """Length of each crop taken from a clip; None: the paper's, 6 s for atst-clip's two crops
+    and 10 s for atst-frame's one. Cut down to whole patches (601 -> 600 frames)."""
+    ema_momentum: float = 0.99
+    """Teacher momentum at the first step; it rises on a cosine to 1 at the last (the paper's
+    base models: 0.9995 atst-clip, 0.9996 atst-frame)."""
+    proj_hidden: int = 4096
+    """Hidden width of the projector and the predictor (Linear -> BatchNorm -> ReLU -> Linear)."""
+    proj_dim: int = 256
+    """Output width of the projector and the predictor: the space of the BYOL loss."""
+    mixup_ratio: float = 0.4
+    """Largest weight of the past crop in log-mixup-exp (0 disables mixing)."""
+    memory_size: int = 2000
+    """Past crops remembered for log-mixup-exp (held on the device and in checkpoints)."""
+    freq_scale: tuple[float, float] = (0.6, 1.5)
+    """Random resize crop: range of the crop height as a fraction of the mel bins."""
+    time_scale: tuple[float, float] = (0.6, 1.5)
+    """Random resize crop (atst-clip only): range of the crop width as a fraction of the
+    frames. atst-frame never resizes time: its copies must stay aligned frame for frame."""
+    time_canvas: float = 1.5
+    """Random resize crop (atst-clip only): the zero canvas the crop is cut from, as a multiple
+    of the crop's length."""
+    span_length: int = 5
+    """atst-frame with ``masking.kind=time_span``: tokens (40 ms each) per masked span."""
+    min_spans: int = 2
+    """atst-frame with ``masking.kind=time_span``: at least this many spans are masked."""
+    symmetric: bool = True
+    """atst-frame: both copies go through student and teacher and the two directions of the
+    loss are averaged (paper); False: student on the augmented copy, teacher on the clean one."""
+
+    def __post_init__(self):
+        _check(
+            self.crop_seconds is None or self.crop_seconds > 0,
+            "atst.crop_seconds",
+            self.crop_seconds,
+            "must be > 0 (or None for the recipe's)",
+        )
+        _check(
+            0 <= self.ema_momentum < 1, "atst.ema_momentum", self.ema_momentum, "must be in [0, 1)"
+        )
+        for key in ("proj_hidden", "proj_dim", "memory_size", "span_length", "min_spans"):
+            _check(getattr(self, key) >= 1, f"atst.{key}", getattr(self, key), "must be >= 1")
+        _check(
+            0 <= self.mixup_ratio <= 1, "atst.mixup_ratio", self.mixup_ratio, "must be in [0, 1]"
+        )
+        for key in ("freq_scale", "time_scale"):
+            lo, hi = getattr(self, key)
+            _check(
+                0 < lo <= hi and hi >= 1,
+                f"atst.{key}",
+                getattr(self, key),
+                "must be (low, high) with 0 < low <= high and high >= 1",
+            )
+        _check(self.time_canvas >= 1, "atst.time_canvas", self.time_canvas, "must be >= 1")
+
+
+@dataclass
+class AsitConfig:
+    """Settings of the ``asit`` recipe (``fastspec.recipes.asit``); defaults are those of the
+    paper's code (Sara-Ahmed/ASiT ``main_ASiT.py``). The mask kind and the top of GMML's band
+    are ``masking.kind`` (``group``) and ``masking.ratio`` (0.7)."""
+
+    crop_seconds: float = 6.0
+    """Length of each of the two crops per clip; cut down to whole patches (6 s: 598 -> 592
+    frames, the paper's ``num_frames``)."""
+    mask_min_ratio: float = 0.5
+    """Bottom of GMML's band: each crop's target coverage is uniform in [this, masking.ratio]."""
+    max_block: float = 0.3
+    """Largest rectangle side, as a fraction of the crop's frames and of its mel bins."""
+    fill: str = "zeros"
+    """What covers the masked bins: ``zeros`` (the paper's ``drop_type``) or ``noise`` N(0, 1)."""
+    paste_prob: float = 0.5
+    """Probability that a crop is corrupted by pasting another clip's bins instead (the paper's
+    ``collate_batch``: 1/2); 0 disables pasting."""
+    paste_ratio: float = 0.3
+    """Fraction of the crop the pasted rectangles cover (the paper's ``drop_replace``)."""
+    out_dim_global: int = 8192
+    """Prototypes of the class-token (global) distillation output."""
+    out_dim_local: int = 1024
+    """Prototypes of the patch-token (local) distillation output."""
+    head_hidden_dim: int = 2048
+    """Hidden width of the distillation head's MLP (shared by class and patch tokens)."""
+    head_bottleneck_dim: int = 256
+    """Bottleneck of the distillation head, L2-normalised before the prototypes."""
+    rec_hidden_dim: int = 768
+    """Hidden width of the reconstruction head's MLP."""
+    rec_bottleneck_dim: int = 128
+    """Bottleneck of the reconstruction head, before the per-patch map to the bins."""
+    student_temp: float = 0.1
+    """Softmax temperature of the student's outputs."""
+    teacher_temp: float = 0.07
+    """Teacher softmax temperature after the warm-up."""
+    warmup_teacher_temp: float = 0.04
+    """Teacher softmax temperature at the first step."""
+    teacher_temp_warmup: float = 0.3
+    """Fraction of the run over which the teacher temperature rises linearly (30 of 100 epochs)."""
+    center_momentum: float = 0.9
+    """EMA momentum of the centers subtracted from the teacher's outputs."""
+    ema_momentum: float = 0.996
+    """Teacher momentum at the first step; it rises on a cosine to 1 at the last."""
+    freeze_last_layer: float = 0.0
+    """Fraction of the run during which the prototypes are not updated (DINO's option; the
+    paper's code names no parameter it matches, so it never freezes)."""
+    global_weight: float = 1.0
+    """Weight of the global (class-token, cross-crop) distillation loss."""
+    local_weight: float = 1.0
+    """Weight of the local (per-patch) distillation loss."""
+    recon_weight: float = 2.0
+    """Weight of the L1 reconstruction loss of the masked bins."""
+
+    def __post_init__(self):
+        _check(self.crop_seconds > 0, "asit.crop_seconds", self.crop_seconds, "must be > 0")
+        _check(
+            0 <= self.mask_min_ratio < 1,
+            "asit.mask_min_ratio",
+            self.mask_min_ratio,
+            "must be in [0, 1)",
+        )
+        _check(0 < self.max_block <= 1, "asit.max_block", self.max_block, "must be in (0, 1]")
+        _check(self.fill in ("zeros", "noise"), "asit.fill", self.fill, "must be zeros or noise")
+        for key in ("paste_prob", "teacher_temp_warmup", "freeze_last_layer"):
+            value = getattr(self, key)
+            _check(0 <= value <= 1, f"asit.{key}", value, "must be in [0, 1]")
+        _check(0 < self.paste_ratio < 1, "asit.paste_ratio", self.paste_ratio, "must be in (0, 1)")
+        for key in ("out_dim_global", "out_dim_local", "head_hidden_dim", "head_bottleneck_dim",
+                    "rec_hidden_dim", "rec_bottleneck_dim"):  # fmt: skip
+            _check(getattr(self, key) >= 1, f"asit.{key}", getattr(self, key), "must be >= 1")
+        for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            _check(getattr(self, key) > 0, f"asit.{key}", getattr(self, key), "must be > 0")
+        _check(
+            0 <= self.center_momentum < 1,
+            "asit.center_momentum",
+            self.center_momentum,
+            "must be in [0, 1)",
+        )
+        _check(
+            0 <= self.ema_momentum <= 1, "asit.ema_momentum", self.ema_momentum, "must be in [0, 1]"
+        )
+        for key in ("global_weight", "local_weight", "recon_weight"):
+            _check(getattr(self, key) >= 0, f"asit.{key}", getattr(self, key), "must be >= 0")
+
+
+@dataclass
 class Config:
     recipe: str = "maskspec"
     """Pretraining recipe (currently ``maskspec``)."""
@@ -216,6 +396,8 @@ class Config:
     frontend: FrontendSettings = field(default_factory=FrontendSettings)
     model: ModelConfig = field(default_factory=ModelConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    atst: AtstConfig = field(default_factory=AtstConfig)
+    asit: AsitConfig = field(default_factory=AsitConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -264,7 +446,106 @@ def default_config(recipe: str = "maskspec", *, demo: bool = True) -> Config:
         )
         cfg.optim = OptimConfig(blr=4e-3, warmup_steps=20, min_lr=1e-5)
         cfg.train = TrainConfig(steps=250, batch_size=32, log_every=10, ckpt_every=50)
+    if recipe in ("atst-clip", "atst-frame"):
+        _atst_defaults(cfg, recipe, demo)
+    if recipe == "asit":
+        _asit_defaults(cfg, demo)
     return cfg
+
+
+def _asit_defaults(cfg: Config, demo: bool) -> None:
+    """ASiT's settings (Sara-Ahmed/ASiT ``main_ASiT.py`` and README): Kaldi 128-mel features,
+    two 6 s crops, group masking 0.7, ViT-B; 4 GPUs x 32 clips, lr 5e-4 per 256, 10 warm-up
+    epochs of 100 on AudioSet-2M (about 2M clips: 15,625 steps per epoch at 128 clips), cosine
+    lr to 1e-6, weight decay cosine 0.04 -> 0.4, gradient clipping 3, AdamW (0.9, 0.999). Here
+    the 4-GPU batch is one GPU's batch times 4 accumulation steps.
+    """
+    cfg.masking = MaskingConfig(kind="group", ratio=0.7)
+    if demo:
+        # about a minute on a 2-core CPU: the 4-block ViT on two 1 s crops of the 2 s demo
+        # clips, narrow heads, a teacher that follows faster over the short run, and a constant
+        # teacher temperature (the paper's warm-up to 0.07 raises the teacher's entropy, and with
+        # it the distillation losses, over the first 30 % of a run)
+        cfg.asit = AsitConfig(
+            crop_seconds=1.0,
+            out_dim_global=1024,
+            out_dim_local=256,
+            head_hidden_dim=256,
+            head_bottleneck_dim=64,
+            rec_hidden_dim=128,
+            rec_bottleneck_dim=64,
+            ema_momentum=0.98,
+            teacher_temp=0.04,
+            teacher_temp_warmup=0.0,
+        )
+        cfg.optim = OptimConfig(
+            blr=8e-3,
+            min_lr=1e-5,
+            warmup_steps=20,
+            weight_decay=0.04,
+            weight_decay_end=0.4,
+            betas=(0.9, 0.999),
+            grad_clip=3.0,
+        )
+        cfg.train = TrainConfig(steps=150, batch_size=32, log_every=10, ckpt_every=50)
+        return
+    cfg.data = DataConfig(clip_seconds=10.0)
+    cfg.model = ModelConfig(name="vit_base_patch16")
+    cfg.optim = OptimConfig(
+        blr=5e-4,
+        min_lr=1e-6,
+        warmup_steps=156_250,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        betas=(0.9, 0.999),
+        grad_clip=3.0,
+        accum_steps=4,
+    )
+    cfg.train = TrainConfig(steps=1_562_500, batch_size=32)
+
+
+def _atst_defaults(cfg: Config, recipe: str, demo: bool) -> None:
+    """ATST's input (``atst`` features, 64 mel, 64 x 4 patches of 40 ms) and training settings.
+
+    Paper (base models, audiossl's train_base.sh / README): ATST-Clip 6 GPUs x 256 clips, lr
+    2e-4 per 256, 15,860 warm-up of 318,000 steps, momentum 0.9995; ATST-Frame 6 x 144 clips,
+    lr 8e-5 per 256, 19,900 of 398,000 steps, momentum 0.9996, 65 % time-span masking. Both:
+    AdamW (0.9, 0.999), weight decay cosine 0.04 -> 0.4, cosine lr to 1e-6, 10 s AudioSet clips.
+    Here the 6-GPU batch is one GPU's batch times 6 accumulation steps.
+    """
+    cfg.frontend = FrontendSettings(preset="atst", n_mels=64)
+    frame = recipe == "atst-frame"
+    if frame:
+        cfg.masking = MaskingConfig(kind="time_span", ratio=0.65)
+    if demo:
+        # about a minute on a 2-core CPU: a 4-block ViT on 2 s clips, narrow heads
+        cfg.model = ModelConfig(name="vit_mini_patch16", patch_size=(4, 64))
+        cfg.atst = AtstConfig(
+            crop_seconds=2.0 if frame else 1.5, proj_hidden=256, proj_dim=128, memory_size=256
+        )
+        cfg.optim = OptimConfig(
+            blr=4e-3,
+            min_lr=1e-5,
+            warmup_steps=20,
+            weight_decay=0.04,
+            weight_decay_end=0.4,
+            betas=(0.9, 0.999),
+        )
+        cfg.train = TrainConfig(steps=200, batch_size=32, log_every=10, ckpt_every=50)
+        return
+    cfg.data = DataConfig(clip_seconds=10.0)
+    cfg.model = ModelConfig(name="vit_base_patch16", patch_size=(4, 64))
+    cfg.atst = AtstConfig(ema_momentum=0.9996 if frame else 0.9995)
+    cfg.optim = OptimConfig(
+        blr=8e-5 if frame else 2e-4,
+        min_lr=1e-6,
+        warmup_steps=19_900 if frame else 15_860,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        betas=(0.9, 0.999),
+        accum_steps=6,
+    )
+    cfg.train = TrainConfig(steps=398_000 if frame else 318_000, batch_size=144 if frame else 256)
 
 
 def apply_override(cfg: Config, assignment: str) -> None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fastspec._logging import get_logger
-from fastspec.data import ClipDataset, make_loader, open_source
+from fastspec.data import ClipDataset, build_loader, open_source, resolve_loader
 from fastspec.encoder import export_encoder
 from fastspec.frontend import LogMel
 from fastspec.models import create_model
@@ -129,7 +129,55 @@ def recipe_options(cfg: Config) -> dict:
             "mask_ratio": cfg.masking.ratio,
             "norm_pix_loss": cfg.masking.norm_pix_loss,
         }
+    if cfg.recipe in ("atst-clip", "atst-frame"):
+        return _atst_options(cfg)
+    if cfg.recipe == "asit":
+        from fastspec.frontend import get_preset, num_frames
+
+        # the asit section maps one to one onto ASiT's keyword arguments, but for the crop,
+        # given in seconds here and in frames of the run's front end there
+        features = get_preset(
+            cfg.frontend.preset, sample_rate=cfg.data.sample_rate, n_mels=cfg.frontend.n_mels
+        )
+        options = dataclasses.asdict(cfg.asit)
+        seconds = options.pop("crop_seconds")
+        return {
+            **options,
+            "crop_frames": int(num_frames(round(seconds * cfg.data.sample_rate), features)),
+            "mask_kind": cfg.masking.kind,
+            "mask_ratio": cfg.masking.ratio,
+        }
     return {}  # a recipe without a config section takes no options
+
+
+def _atst_options(cfg: Config) -> dict:
+    """ATST-Clip / ATST-Frame options: the ``atst`` section, crops converted to frames."""
+    from fastspec.frontend import get_preset, num_frames
+
+    a, frame = cfg.atst, cfg.recipe == "atst-frame"
+    seconds = a.crop_seconds if a.crop_seconds is not None else (10.0 if frame else 6.0)
+    features = get_preset(
+        cfg.frontend.preset, sample_rate=cfg.data.sample_rate, n_mels=cfg.frontend.n_mels
+    )
+    options = {
+        "crop_frames": int(num_frames(round(seconds * cfg.data.sample_rate), features)),
+        "proj_hidden": a.proj_hidden,
+        "proj_dim": a.proj_dim,
+        "ema_base": a.ema_momentum,
+        "mixup_ratio": a.mixup_ratio,
+        "memory_size": a.memory_size,
+        "freq_scale": a.freq_scale,
+    }
+    if not frame:
+        return {**options, "time_scale": a.time_scale, "time_canvas": a.time_canvas}
+    spans = {"span_length": a.span_length, "min_spans": a.min_spans}
+    return {
+        **options,
+        "mask_kind": cfg.masking.kind,
+        "mask_ratio": cfg.masking.ratio,
+        "mask_options": spans if cfg.masking.kind == "time_span" else {},
+        "symmetric": a.symmetric,
+    }
 
 
 def prepare_run_dir(cfg: Config, resume: bool) -> Path:
@@ -168,6 +216,8 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
     }
     source = open_source(cfg.data.source, demo_options=demo if cfg.data.source is None else None)
     dataset = ClipDataset(source, cfg.data.sample_rate, cfg.data.clip_seconds, seed=cfg.train.seed)
+    # decided (and a bad choice refused) before the run directory exists
+    loader_kind = resolve_loader(cfg.data.loader, source)
     if cfg.train.epochs is not None:
         cfg.train.steps = max(1, math.ceil(cfg.train.epochs * len(dataset) / cfg.effective_batch))
 
@@ -181,7 +231,11 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
         # the loader already rejects non-finite audio; the check would sync host and device
         check_finite=False,
     ).to(device)
-    encoder = create_model(cfg.model.name, n_mels=cfg.frontend.n_mels)
+    patch = {"patch_size": cfg.model.patch_size} if cfg.model.patch_size is not None else {}
+    try:
+        encoder = create_model(cfg.model.name, n_mels=cfg.frontend.n_mels, **patch)
+    except TypeError as e:  # an override this encoder does not take (MAST has no patch_size)
+        raise ConfigError(f"model {cfg.model.name!r}: {e}") from None
     recipe = build_recipe(cfg.recipe, encoder, **recipe_options(cfg)).to(device)
     optimizer = torch.optim.AdamW(
         param_groups(recipe, cfg.optim.weight_decay),
@@ -211,13 +265,14 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
     peak = peak_flops(device, cfg.train.amp)
 
     accum = cfg.optim.accum_steps
-    loader = make_loader(
+    loader = build_loader(
         dataset,
         cfg.train.batch_size,
+        loader=loader_kind,  # DALI or torch: the same batches either way
         seed=cfg.train.seed,
         start_batch=start_step * accum,
         num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
+        device=device,
     )
     mask_gen = torch.Generator(device=device)
     end_step = cfg.train.steps
@@ -269,7 +324,9 @@ def pretrain(cfg: Config, *, resume: bool = False) -> RunResult:
                     mel = frontend(wave, lengths)  # [B, T, F] float32, no gradient needed
                 mask_gen.manual_seed(_mask_seed(cfg.train.seed, step * accum + micro))
                 with _autocast(device, cfg.train.amp):
-                    out = recipe(mel, generator=mask_gen)
+                    out = recipe(
+                        mel, generator=mask_gen, frame_lengths=frontend.num_frames(lengths)
+                    )
                 loss = out["loss"] / accum
                 scaler.scale(loss).backward()
                 step_loss += loss.detach().float()

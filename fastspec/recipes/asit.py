@@ -1,0 +1,591 @@
+"""ASiT (Atito et al. 2022): group masked model learning with local-global self-distillation.
+
+One training step, as the paper's code (``Sara-Ahmed/ASiT``: ``main_ASiT.py``, ``losses.py``,
+``data_transformations.py``, ``utils.collate_batch``) runs it, with the CPU data path moved onto
+the device:
+
+1. **Views.** Two random crops per clip (6 s, 592 frames = 37 patches of 16 frames, of the
+   Kaldi 128-mel features), cropped from the clip's features on the device
+   (:func:`~fastspec.recipes.views.random_time_crops`). Crops are stacked crop-major: row
+   ``v * B + b`` is crop ``v`` of clip ``b``.
+2. **Group masking (GMML).** Each crop gets its own rectangles covering 50-70 % of its bins,
+   filled with zeros (the paper's ``drop_type``; or noise); then, with probability
+   ``paste_prob`` (1/2), a crop is instead corrupted with rectangles covering ``paste_ratio``
+   (30 %) of it, filled with the same bins of another clip's crop (``collate_batch``'s
+   ``drop_replace``). Masked regions stay in the sequence: the student sees every patch.
+3. **Teacher** (an EMA copy of the student encoder + distillation head, no autograd state)
+   encodes the clean crops; the **student** the corrupted ones.
+4. **Losses**, computed in float32:
+
+   - *global*: DINO cross-entropy between the teacher's class-token distribution of one crop
+     and the student's of the other crop, both ways, averaged
+     (``softmax((t - c) / tau_t)`` against ``log_softmax(s / tau_s)``);
+   - *local*: the same cross-entropy per patch token, teacher and student on the same crop
+     and patch, averaged over every patch (masked or not), with its own prototypes and center;
+   - *reconstruction*: L1 between the clean crop and the student's patch tokens decoded by a
+     light head (MLP to a 128-wide bottleneck, then a per-patch linear map to the 16 x 16
+     bins), averaged over the masked bins.
+
+   ``loss = global + local + 2 * reconstruction`` (the weights of ``main_ASiT.py``).
+5. **Schedules**, through the training loop's hooks: the teacher temperature warms up linearly
+   from 0.04 to 0.07 over the first 30 % of the run (30 of 100 epochs) (``before_step``); after
+   each optimizer step the teacher follows the student with a momentum on a cosine from 0.996
+   to 1 (``after_step``, one fused ``_foreach_lerp_`` pass). The weight-decay cosine (0.04 to
+   0.4) is the loop's ``optim.weight_decay_end``. Centers follow the batch mean of the
+   teacher's outputs with momentum 0.9, updated in ``forward`` after the loss has used them.
+
+Collapse monitors (teacher entropy, marginal entropy, embedding spread) are returned with the
+loss terms; ``health`` turns them into warnings.
+
+**The exported encoder is the teacher's.** The paper publishes no evaluation code of its own;
+ASiT is built on DINO's code (same head, losses, schedules and checkpoint layout, which saves
+``teacher`` and ``student``), and DINO's evaluations load ``checkpoint_key="teacher"`` because
+the EMA teacher gives the better features (DINO, section 5.2). So :attr:`ASiT.encoder`, the
+module the training loop exports, is the teacher's backbone; the trained student is
+``ASiT.student.encoder``. Both are in every checkpoint.
+
+Where this differs from the paper's code: no stochastic depth in the student (fastspec's ViT has
+none); crops are cut from the log-mel of one longer clip (the paper crops the waveform and runs
+the front end per crop: the same features up to framing at the crop edges); the pasted clip is
+always another clip of the batch (the paper's ``randint`` may draw the crop itself); the
+reconstruction head's last layer has a bias per bin (the paper's transposed convolution shares
+one); its ``freeze_last_layer`` names parameters ``last_layer`` that ASiT's head does not have,
+so the paper's code never freezes them: ``freeze_last_layer=0`` is the faithful default.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastspec.masking import apply_group_mask, sample_mask
+from fastspec.models.flops import transformer_train_flops
+from fastspec.recipes.heads import DINOHead, prototype_layer
+from fastspec.recipes.monitors import (
+    collapse_warnings,
+    embedding_spread,
+    marginal_entropy,
+    softmax_entropy,
+)
+from fastspec.recipes.teacher import EMATeacher, ema_momentum, warmup_then_constant
+from fastspec.recipes.views import random_time_crops
+
+FILLS = ("zeros", "noise")
+
+
+# ---- losses (pure functions: the tests compare them with a float64 reference) -------------
+
+
+def _fp32(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 when it already is (the reference tests run in float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def distillation_cross_entropy(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    center: Tensor,
+    student_temp: float | Tensor,
+    teacher_temp: float | Tensor,
+) -> tuple[Tensor, Tensor]:
+    """DINO's cross-entropy of each row: ``-sum_k p_t[k] log p_s[k]``.
+
+    student_logits, teacher_logits: [M, K] (the teacher's without gradient); center: [K].
+    ``p_t = softmax((teacher - center) / teacher_temp)``, ``log p_s = log_softmax(student /
+    student_temp)``, both in float32 whatever the autocast dtype (logits divided by 0.04 need
+    the range). Returns (per-row loss [M] float32, teacher probabilities [M, K] float32).
+    """
+    t_probs = F.softmax((_fp32(teacher_logits) - center) / teacher_temp, dim=-1).detach()
+    s_logp = F.log_softmax(_fp32(student_logits) / student_temp, dim=-1)
+    return -(t_probs * s_logp).sum(dim=-1), t_probs
+
+
+def global_distillation_loss(
+    student_cls: Tensor,
+    teacher_cls: Tensor,
+    center: Tensor,
+    student_temp: float | Tensor,
+    teacher_temp: float | Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Cross-crop class-token loss (ASiT's ``CLSLoss``).
+
+    student_cls, teacher_cls: [2B, K] crop-major (rows ``0..B-1`` crop 0, ``B..2B-1`` crop 1).
+    The teacher of crop 0 teaches the student of crop 1 and vice versa; the two means are
+    averaged. Returns (scalar, teacher probabilities [2B, K]).
+    """
+    rows = student_cls.shape[0]
+    if rows % 2 or teacher_cls.shape[0] != rows:
+        raise ValueError(
+            f"global loss needs [2B, K] logits of two crops, got {tuple(student_cls.shape)} "
+            f"and {tuple(teacher_cls.shape)}"
+        )
+    # rolling the student's rows by B pairs teacher crop 0 with student crop 1 and back
+    swapped = student_cls.roll(rows // 2, dims=0)
+    per_row, t_probs = distillation_cross_entropy(
+        swapped, teacher_cls, center, student_temp, teacher_temp
+    )
+    # (mean over crop-0 rows + mean over crop-1 rows) / 2 == mean over all rows (equal halves)
+    return per_row.mean(), t_probs
+
+
+def local_distillation_loss(
+    student_patches: Tensor,
+    teacher_patches: Tensor,
+    center: Tensor,
+    student_temp: float | Tensor,
+    teacher_temp: float | Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Per-patch loss within each crop (ASiT's ``DATALoss``).
+
+    student_patches, teacher_patches: [R, N, K] (crop, patch, prototype), the same crop and
+    patch on both sides. Returns (mean over all R * N patches, teacher probabilities [R * N, K]).
+    """
+    k = student_patches.shape[-1]
+    per_row, t_probs = distillation_cross_entropy(
+        student_patches.reshape(-1, k), teacher_patches.reshape(-1, k), center, student_temp,
+        teacher_temp,
+    )  # fmt: skip
+    return per_row.mean(), t_probs
+
+
+def masked_l1_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error over the masked bins only.
+
+    pred, target: [R, T, F]; mask: [R, T, F] bool, True = corrupted. The mean runs over all
+    masked bins of the batch at once (``rloss[mask == 1].mean()``), without a host sync; 0 when
+    nothing is masked.
+    """
+    err = (_fp32(pred) - _fp32(target)).abs()
+    weight = mask.to(err.dtype)
+    err = err * weight
+    return err.sum() / weight.sum().clamp_min(1.0)
+
+
+@torch.no_grad()
+def update_center(center: Tensor, teacher_logits: Tensor, momentum: float) -> None:
+    """``center <- momentum * center + (1 - momentum) * mean over rows of teacher_logits``.
+
+    center: [K] float32 (updated in place); teacher_logits: [M, K]. Single process: the
+    paper's ``all_reduce`` of the batch sum across GPUs is an identity here.
+    """
+    batch_center = teacher_logits.to(center.dtype).mean(dim=0)
+    center.lerp_(batch_center, 1.0 - momentum)
+
+
+# ---- heads ------------------------------------------------------------------------------------
+
+
+class LocalGlobalHead(DINOHead):
+    """ASiT's distillation head: one MLP over every token, two sets of prototypes.
+
+    ``in_dim -> hidden -> hidden -> bottleneck`` (GELU between), L2-normalised, then the class
+    token goes through ``out_dim_global`` weight-normalised prototypes and each patch token
+    through ``out_dim_local`` others (ASiT's ``CLSHead``: ``cls_layer`` and ``data_layer``).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim_global: int,
+        out_dim_local: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        n_layers: int = 3,
+        norm_last_layer: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_dim, out_dim_global, hidden_dim, bottleneck_dim, n_layers, norm_last_layer,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        self.local_layer = prototype_layer(
+            bottleneck_dim, out_dim_local, norm_last_layer, device=device, dtype=dtype
+        )
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens: [R, 1 + N, D] (class token first) -> (global [R, K_g], local [R, N, K_l])."""
+        z = F.normalize(self.mlp(tokens), dim=-1)
+        return self.last_layer(z[:, 0]), self.local_layer(z[:, 1:])
+
+    def prototype_layers(self) -> tuple[nn.Module, nn.Module]:
+        return self.last_layer, self.local_layer
+
+
+class ReconstructionHead(nn.Module):
+    """The light decoder of the masked bins (ASiT's ``RECHead``), applied per patch token.
+
+    MLP ``in_dim -> hidden -> hidden -> bottleneck`` with GELU after every layer, then a linear
+    map to the ``pt * pf`` bins of the token's own patch (the paper's transposed convolution
+    with kernel = stride = patch size is exactly this per-token map).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        patch_size: tuple[int, int],
+        hidden_dim: int = 768,
+        bottleneck_dim: int = 128,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        dims = [in_dim, hidden_dim, hidden_dim, bottleneck_dim]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b, **kw), nn.GELU()]
+        self.mlp = nn.Sequential(*layers)
+        self.to_bins = nn.Linear(bottleneck_dim, patch_size[0] * patch_size[1], **kw)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, patch_tokens: Tensor) -> Tensor:
+        """patch_tokens: [R, N, D] -> patches [R, N, pt * pf] (time-major within a patch)."""
+        return self.to_bins(self.mlp(patch_tokens))
+
+
+class StudentBranch(nn.Module):
+    """Encoder + distillation head: the part of the student the EMA teacher copies."""
+
+    def __init__(self, encoder: nn.Module, head: LocalGlobalHead):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """crops: [R, T, F] -> (tokens [R, 1 + N, D], global [R, K_g], local [R, N, K_l])."""
+        tokens = self.encoder.forward_features(crops)
+        cls_logits, patch_logits = self.head(tokens)
+        return tokens, cls_logits, patch_logits
+
+
+# ---- the recipe ---------------------------------------------------------------------------------
+
+
+class ASiT(nn.Module):
+    """Views, student, EMA teacher, heads and losses of the ASiT recipe.
+
+    Args:
+        encoder: a ViT from ``fastspec.models.create_model`` (the student; the teacher is a
+            copy made here).
+        crop_frames: frames per crop, rounded down to whole patches (6 s of the Kaldi preset:
+            598 frames -> 592, the paper's ``num_frames``).
+        mask_kind, mask_ratio: the mask sampler and the top of its band (``group``, 0.7: the
+            paper's ``drop_perc``). Other kinds mask whole patches.
+        mask_min_ratio, max_block: GMML's band bottom (0.5) and largest rectangle side (0.3).
+        fill: what covers the masked bins: ``zeros`` (the paper's default) or ``noise`` N(0, 1).
+        paste_prob, paste_ratio: probability that a crop is corrupted by pasting another clip's
+            bins instead (1/2), and the fraction those rectangles cover (0.3); 0 disables it.
+        out_dim_global, out_dim_local: prototypes of the class-token and patch-token outputs
+            (8192, 1024).
+        head_hidden_dim, head_bottleneck_dim: the distillation head's MLP (2048, 256).
+        rec_hidden_dim, rec_bottleneck_dim: the reconstruction head's MLP (768, 128).
+        student_temp: student softmax temperature (0.1).
+        teacher_temp, warmup_teacher_temp, teacher_temp_warmup: teacher temperature, linear
+            from ``warmup_teacher_temp`` (0.04) to ``teacher_temp`` (0.07) over the first
+            ``teacher_temp_warmup`` fraction of the run (0.3), then constant.
+        center_momentum: EMA momentum of both centers (0.9).
+        ema_momentum: base teacher momentum, raised on a cosine to 1 over the run (0.996).
+        freeze_last_layer: fraction of the run during which the prototypes get no update
+            (DINO's ``freeze_last_layer``; 0, see the module docstring).
+        global_weight, local_weight, recon_weight: loss weights (1, 1, 2).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        crop_frames: int = 592,
+        mask_kind: str = "group",
+        mask_ratio: float = 0.7,
+        mask_min_ratio: float = 0.5,
+        max_block: float = 0.3,
+        fill: str = "zeros",
+        paste_prob: float = 0.5,
+        paste_ratio: float = 0.3,
+        out_dim_global: int = 8192,
+        out_dim_local: int = 1024,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        rec_hidden_dim: int = 768,
+        rec_bottleneck_dim: int = 128,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp_warmup: float = 0.3,
+        center_momentum: float = 0.9,
+        ema_momentum: float = 0.996,
+        freeze_last_layer: float = 0.0,
+        global_weight: float = 1.0,
+        local_weight: float = 1.0,
+        recon_weight: float = 2.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        pt = encoder.patch_size[0]
+        if crop_frames < pt:
+            raise ValueError(f"crop_frames ({crop_frames}) must be at least one patch ({pt})")
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        for name, value in {"paste_prob": paste_prob, "teacher_temp_warmup": teacher_temp_warmup,
+                            "freeze_last_layer": freeze_last_layer}.items():  # fmt: skip
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 < paste_ratio < 1.0:
+            raise ValueError(f"paste_ratio must be in (0, 1), got {paste_ratio}")
+        if min(student_temp, teacher_temp, warmup_teacher_temp) <= 0:
+            raise ValueError("temperatures must be > 0")
+        if not (0.0 <= center_momentum < 1.0 and 0.0 <= ema_momentum <= 1.0):
+            raise ValueError(
+                f"center_momentum must be in [0, 1) and ema_momentum in [0, 1], got "
+                f"{center_momentum} and {ema_momentum}"
+            )
+        self.crop_frames = crop_frames // pt * pt  # whole patches, as the paper's 592
+        self.mask_kind, self.mask_ratio = mask_kind, mask_ratio
+        self.mask_min_ratio, self.max_block = mask_min_ratio, max_block
+        self.fill, self.paste_prob, self.paste_ratio = fill, paste_prob, paste_ratio
+        self.student_temp = student_temp
+        self.teacher_temp, self.warmup_teacher_temp = teacher_temp, warmup_teacher_temp
+        self.teacher_temp_warmup = teacher_temp_warmup
+        self.center_momentum, self.ema_base = center_momentum, ema_momentum
+        self.freeze_last_layer = freeze_last_layer
+        self.weights = {"global": global_weight, "local": local_weight, "recon": recon_weight}
+        self.out_dim_global, self.out_dim_local = out_dim_global, out_dim_local
+
+        kw = {"device": device, "dtype": dtype}
+        d = encoder.embed_dim
+        head = LocalGlobalHead(
+            d, out_dim_global, out_dim_local, head_hidden_dim, head_bottleneck_dim, **kw
+        )
+        self.student = StudentBranch(encoder, head)
+        self.rec_head = ReconstructionHead(
+            d, encoder.patch_size, rec_hidden_dim, rec_bottleneck_dim, **kw
+        )
+        # the copy is taken now, before any torch.compile, and never receives a gradient
+        self.teacher = EMATeacher(self.student)
+        # centers are state (checkpointed, resumed); float32 whatever the model dtype
+        self.register_buffer("center_global", torch.zeros(out_dim_global, device=device))
+        self.register_buffer("center_local", torch.zeros(out_dim_local, device=device))
+        # a tensor, not a float, so a compiled loss does not recompile as it warms up; set by
+        # before_step every step, so it needs no checkpoint
+        self.register_buffer(
+            "teacher_temp_now", torch.tensor(warmup_teacher_temp, device=device), persistent=False
+        )
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The encoder the run exports: the EMA teacher's backbone (module docstring)."""
+        return self.teacher.module.encoder
+
+    # ---- views ------------------------------------------------------------------------------
+
+    def _spec_mask(self, rows: int, grid, ratio: float, min_ratio: float, generator, device):
+        """[rows, T, F] bool bins to corrupt, from the configured mask kind."""
+        if self.mask_kind == "group":
+            return sample_mask(
+                "group", rows, grid, ratio, generator=generator, device=device,
+                patch_size=self.student.encoder.patch_size, min_ratio=min_ratio,
+                max_block=self.max_block, align=1,
+            ).spec_mask  # fmt: skip
+        # patch-level kinds: every bin of a masked patch is corrupted
+        mask = sample_mask(self.mask_kind, rows, grid, ratio, generator=generator, device=device)
+        enc = self.student.encoder
+        bins = mask.mask[..., None].expand(-1, -1, enc.patch_dim)  # [rows, N, pt * pf]
+        return enc.unpatchify(bins, grid)
+
+    def make_views(
+        self,
+        mel: Tensor,
+        generator: torch.Generator | None = None,
+        frame_lengths: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Two crops per clip, and a corrupted copy of each.
+
+        mel: [B, T, F]; frame_lengths: [B] valid frames (crops start inside each clip).
+        Returns (clean [2B, Tc, F], corrupted [2B, Tc, F], spec_mask [2B, Tc, F] bool),
+        crop-major: row ``v * B + b`` is crop ``v`` of clip ``b``.
+        """
+        batch = mel.shape[0]
+        views, _ = random_time_crops(
+            mel, self.crop_frames, 2, frame_lengths=frame_lengths, generator=generator
+        )  # [2, B, Tc, F]
+        rows = 2 * batch
+        clean = views.reshape(rows, self.crop_frames, mel.shape[2])
+        grid = self.student.encoder.grid(self.crop_frames)
+        spec_mask = self._spec_mask(
+            rows, grid, self.mask_ratio, self.mask_min_ratio, generator, mel.device
+        )
+        corrupted, _ = apply_group_mask(clean, spec_mask, self.fill, generator=generator)
+        if self.paste_prob > 0:
+            # the paper's collate_batch: with probability 1/2 a crop is re-corrupted from the
+            # clean one by pasting another clip's bins (same crop index) over 30 % of it
+            paste_mask = self._spec_mask(
+                rows, grid, self.paste_ratio, self.paste_ratio, generator, mel.device
+            )
+            pasted = torch.cat([
+                apply_group_mask(views[v], paste_mask[v * batch:(v + 1) * batch], "paste",
+                                 generator=generator)[0]
+                for v in range(2)
+            ])  # fmt: skip
+            use_paste = torch.rand(rows, generator=generator, device=mel.device) < self.paste_prob
+            corrupted = torch.where(use_paste[:, None, None], pasted, corrupted)
+            spec_mask = torch.where(use_paste[:, None, None], paste_mask, spec_mask)
+        return clean, corrupted, spec_mask
+
+    # ---- forward ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def forward_teacher(self, clean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The teacher on the clean crops, without autograd state.
+
+        clean: [2B, Tc, F] -> (tokens [2B, 1 + N, D], global [2B, K_g], local [2B, N, K_l]).
+        """
+        return self.teacher(clean)
+
+    def forward_student(self, corrupted: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The student on the corrupted crops.
+
+        corrupted: [2B, Tc, F] -> (global [2B, K_g], local [2B, N, K_l], reconstruction
+        [2B, Tc, F] of every bin).
+        """
+        tokens, cls_logits, patch_logits = self.student(corrupted)
+        enc = self.student.encoder
+        patches = self.rec_head(tokens[:, 1:])  # [2B, N, pt * pf]
+        recon = enc.unpatchify(patches, enc.grid(corrupted.shape[1]))
+        return cls_logits, patch_logits, recon
+
+    def forward_loss(
+        self,
+        student_out: tuple[Tensor, Tensor, Tensor],
+        teacher_out: tuple[Tensor, Tensor, Tensor],
+        clean: Tensor,
+        spec_mask: Tensor,
+    ) -> dict[str, Tensor]:
+        """Weighted sum of the three losses, the terms and the monitors; updates the centers.
+
+        student_out, teacher_out: what :meth:`forward_student` and :meth:`forward_teacher`
+        return; clean: [2B, Tc, F] the reconstruction target; spec_mask: [2B, Tc, F] bool.
+        """
+        s_cls, s_patch, recon = student_out
+        t_tokens, t_cls, t_patch = teacher_out
+        temp = self.teacher_temp_now
+        global_loss, t_probs = global_distillation_loss(
+            s_cls, t_cls, self.center_global, self.student_temp, temp
+        )
+        local_loss, t_patch_probs = local_distillation_loss(
+            s_patch, t_patch, self.center_local, self.student_temp, temp
+        )
+        recon_loss = masked_l1_loss(recon, clean, spec_mask)
+        w = self.weights
+        loss = w["global"] * global_loss + w["local"] * local_loss + w["recon"] * recon_loss
+        if self.training:
+            # after the losses used the old centers, as the paper's update_center
+            update_center(self.center_global, t_cls, self.center_momentum)
+            update_center(self.center_local, t_patch.reshape(-1, t_patch.shape[-1]),
+                          self.center_momentum)  # fmt: skip
+        return {
+            "loss": loss,
+            "global_loss": global_loss.detach(),
+            "local_loss": local_loss.detach(),
+            "recon_loss": recon_loss.detach(),
+            # collapse monitors (fastspec.recipes.monitors), on device, read at log time
+            "teacher_entropy": softmax_entropy(t_probs),
+            "teacher_marginal_entropy": marginal_entropy(t_probs),
+            "teacher_local_entropy": softmax_entropy(t_patch_probs),
+            "embedding_spread": embedding_spread(t_tokens[:, 0]),
+        }
+
+    def forward(
+        self,
+        mel: Tensor,
+        generator: torch.Generator | None = None,
+        frame_lengths: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """One training forward pass.
+
+        mel: [B, T, F] normalised log-mel of B clips; generator: the RNG of crops, masks and
+        fills (seeded per step by the loop); frame_lengths: [B] valid frames per clip, so crops
+        start inside the clip (a clip shorter than a crop is zero-padded, as the paper pads).
+        Returns {"loss", "global_loss", "local_loss", "recon_loss", and the monitors}.
+        """
+        clean, corrupted, spec_mask = self.make_views(mel, generator, frame_lengths)
+        teacher_out = self.forward_teacher(clean)
+        student_out = self.forward_student(corrupted)
+        return self.forward_loss(student_out, teacher_out, clean, spec_mask)
+
+    # ---- training-loop hooks --------------------------------------------------------------
+
+    def teacher_temperature(self, step: int, total_steps: int) -> float:
+        """Teacher temperature of ``step``: linear warm-up over ``teacher_temp_warmup`` of the
+        run (the paper's ``np.linspace`` over 30 of 100 epochs), then constant."""
+        warmup = round(self.teacher_temp_warmup * total_steps)
+        return warmup_then_constant(self.warmup_teacher_temp, self.teacher_temp, step, warmup)
+
+    def before_step(self, step: int, total_steps: int) -> None:
+        """Teacher temperature of this step; prototypes frozen during ``freeze_last_layer``."""
+        # fill_ with a Python float: a kernel launch on CUDA, no host sync
+        self.teacher_temp_now.fill_(self.teacher_temperature(step, total_steps))
+        # requires_grad=False leaves .grad None, so AdamW skips them (DINO cancels the grads)
+        trainable = step >= round(self.freeze_last_layer * total_steps)
+        for layer in self.student.head.prototype_layers():
+            layer.parametrizations.weight.original1.requires_grad_(trainable)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """The teacher follows the student: momentum on a cosine from ``ema_momentum`` to 1."""
+        self.teacher.update(self.student, ema_momentum(step, total_steps, self.ema_base))
+
+    def health(self, stats: dict[str, float]) -> list[str]:
+        """Collapse warnings for the logged means of the monitors."""
+        return collapse_warnings(
+            stats,
+            spread_key="embedding_spread",
+            entropy_key="teacher_entropy",
+            n_prototypes=self.out_dim_global,
+        )
+
+    # ---- FLOPs ----------------------------------------------------------------------------
+
+    def train_flops_per_clip(self, n_frames: int) -> float:
+        """Training FLOPs of one clip: two crops through the teacher (forward) and the student
+        (forward + backward), heads included.
+
+        Every clip is cut into two crops of ``crop_frames`` whatever ``n_frames`` (shorter
+        clips are padded), so the count does not depend on it. Dense matmul FLOPs only (see
+        ``transformer_train_flops``): a forward matmul of ``m x k`` by ``k x n`` is ``2 m k n``;
+        its backward twice that (input and weight gradients), except the patch embedding,
+        whose input (the mel) needs no gradient.
+        """
+        enc = self.student.encoder
+        pt, pf = enc.patch_size
+        t_p, f_p = enc.grid(self.crop_frames)
+        n, d, p = t_p * f_p, enc.embed_dim, pt * pf
+        head = self.student.head
+        mlp = [m for m in head.mlp if isinstance(m, nn.Linear)]
+        head_fwd = 2 * (n + 1) * sum(m.in_features * m.out_features for m in mlp)
+        bottleneck = mlp[-1].out_features
+        head_fwd += 2 * bottleneck * (self.out_dim_global + n * self.out_dim_local)
+        rec = [m for m in self.rec_head.modules() if isinstance(m, nn.Linear)]
+        rec_fwd = 2 * n * sum(m.in_features * m.out_features for m in rec)
+        embed_fwd = 2 * n * p * d
+
+        blocks_train = transformer_train_flops(n + 1, d, enc.depth, enc.mlp_ratio)
+        student = blocks_train + 2 * embed_fwd + 3 * (head_fwd + rec_fwd)
+        teacher = blocks_train / 3 + embed_fwd + head_fwd
+        return float(2 * (student + teacher))
+
+
+__all__ = [
+    "ASiT",
+    "LocalGlobalHead",
+    "ReconstructionHead",
+    "distillation_cross_entropy",
+    "global_distillation_loss",
+    "local_distillation_loss",
+    "masked_l1_loss",
+    "update_center",
+]

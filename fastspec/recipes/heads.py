@@ -1,0 +1,138 @@
+"""Projection heads of teacher-student recipes.
+
+- :class:`DINOHead` (ASiT's global and local distillation): an MLP to a bottleneck, L2
+  normalisation, and a weight-normalised linear layer to a large number of prototypes whose
+  softmax the student matches to the teacher's.
+- :class:`MLPHead` (ATST's BYOL projector and predictor): Linear -> BatchNorm -> ReLU -> Linear.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DINOHead(nn.Module):
+    """MLP ``in_dim -> hidden -> hidden -> bottleneck``, L2-normalise, linear to ``out_dim``.
+
+    The last layer is weight-normalised with its norm fixed to 1 (``norm_last_layer``), which
+    keeps the prototype logits bounded and stabilises the start of training (DINO, section 3).
+
+    Args:
+        in_dim: width of the encoder tokens.
+        out_dim: number of prototypes (the softmax size).
+        hidden_dim, bottleneck_dim, n_layers: the MLP (DINO: 2048, 256, 3).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        n_layers: int = 3,
+        norm_last_layer: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b, **kw))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = nn.utils.parametrizations.weight_norm(
+            nn.Linear(bottleneck_dim, out_dim, bias=False, **kw)
+        )
+        # weight_norm's magnitude g starts at 1 and, with norm_last_layer, stays there
+        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
+        if norm_last_layer:
+            self.last_layer.parametrizations.weight.original0.requires_grad_(False)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [..., in_dim] -> logits [..., out_dim]."""
+        x = F.normalize(self.mlp(x), dim=-1)
+        return self.last_layer(x)
+
+
+def prototype_layer(
+    bottleneck_dim: int, out_dim: int, norm_last_layer: bool = True, device=None, dtype=None
+) -> nn.Module:
+    """A weight-normalised ``Linear(bottleneck_dim, out_dim, bias=False)``: DINOHead's last
+    layer on its own, for heads with more than one set of prototypes (ASiT's class-token and
+    patch-token outputs share one MLP). Magnitude starts at 1 and, with ``norm_last_layer``,
+    is frozen there."""
+    layer = nn.utils.parametrizations.weight_norm(
+        nn.Linear(bottleneck_dim, out_dim, bias=False, device=device, dtype=dtype)
+    )
+    layer.parametrizations.weight.original0.data.fill_(1.0)
+    if norm_last_layer:
+        layer.parametrizations.weight.original0.requires_grad_(False)
+    return layer
+
+
+class MLPHead(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU -> Linear (BYOL's projector and predictor).
+
+    Accepts [N, in_dim] or [B, L, in_dim] (batch norm over all leading positions).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, **kw),
+            nn.BatchNorm1d(hidden_dim, **kw),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim, **kw),
+        )
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """x: [N, in_dim] or [B, L, in_dim] -> [..., out_dim].
+
+        valid: optional bool of x's leading shape ([N] or [B, L]): in training, batch-norm
+        statistics (and its running averages) come from the valid rows only, so rows that are
+        padding do not shift them (ATST-Frame's head sees only masked frames of real audio).
+        Every row is still transformed; no host sync.
+        """
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        if valid is None or not self.training:
+            return self.net(x).reshape(*shape[:-1], -1)
+        linear1, bn, act, linear2 = self.net
+        h = _masked_batch_norm(linear1(x), bn, valid.reshape(-1))
+        return linear2(act(h)).reshape(*shape[:-1], -1)
+
+
+def _masked_batch_norm(h: Tensor, bn: nn.BatchNorm1d, valid: Tensor) -> Tensor:
+    """``bn(h)`` in training mode with statistics over the rows where ``valid`` [N] is True.
+
+    Same maths as BatchNorm1d: biased variance to normalise, unbiased in the running average;
+    computed in float32 at least, returned in h's dtype.
+    """
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    hf, w = h.to(dtype), valid.to(dtype)[:, None]  # [N, C], [N, 1]
+    n = w.sum().clamp_min(1.0)  # stays on the device: no sync
+    mean = (hf * w).sum(dim=0) / n
+    var = ((hf - mean).square() * w).sum(dim=0) / n
+    out = (hf - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        out = out * bn.weight + bn.bias
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 0.0
+            if bn.momentum is None:  # cumulative average, as BatchNorm1d with momentum=None
+                momentum = 1.0 / bn.num_batches_tracked.to(dtype)
+            unbiased = var * n / (n - 1).clamp_min(1.0)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+    return out.to(h.dtype)
