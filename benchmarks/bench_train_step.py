@@ -35,7 +35,9 @@ the same architecture) and ``mfu`` where the device's peak is known
 Shapes: on CUDA, 64 clips (2 x 64 crops of 592 frames x 128 mel; the paper runs 32 per GPU), in
 bf16 (fastspec) and fp16 (peer) autocast; on CPU, 2 clips of 2 x 96 frames in float32 for both
 (CPU autocast is bf16 only and emulated), so the suite takes one to two minutes on 2 cores. The
-CUDA shapes are skipped where there is no GPU.
+CUDA shapes are skipped where there is no GPU. On a CPU shared with other jobs, run it with
+``OMP_NUM_THREADS=1``: two OpenMP threads that must wait for a busy core make step times vary
+several-fold, one thread gives repeatable ones (the JSON records ``torch_threads``).
 """
 
 from __future__ import annotations
