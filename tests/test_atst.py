@@ -359,7 +359,7 @@ def test_collapse_warnings_name_the_collapsing_network():
     assert recipe.health({"spread_teacher": 0.7, "spread_student": 0.8}) == []
 
 
-# ---- FLOPs for MFU --------------------------------------------------------------------------------
+# ---- FLOPs for MFU -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -382,7 +382,7 @@ def test_train_flops_match_the_flop_counter(name, options):
     assert recipe.train_flops_per_clip(90) == pytest.approx(per_clip, rel=1e-9)
 
 
-# ---- configuration ---------------------------------------------------------------------------------
+# ---- configuration -------------------------------------------------------------------------------
 
 
 def test_paper_and_demo_settings():
@@ -430,7 +430,7 @@ def test_atst_frame_refuses_what_it_cannot_train():
         ATSTFrame(tiny_encoder(), mask_kind="group")
 
 
-# ---- the training loop, the CLI and the exported encoder ------------------------------------------
+# ---- the training loop, the CLI and the exported encoder -----------------------------------------
 
 
 def small_run(out, recipe, **overrides):
