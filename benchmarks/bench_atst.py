@@ -1,7 +1,7 @@
 """ATST-Frame training step: fastspec against an eager implementation in the style of the paper.
 
-Run with ``pytest benchmarks/bench_atst.py`` (results land in benchmarks/results/, see
-conftest.py; pass ``--benchmark-json PATH`` to keep another suite's file of the same day). Both
+Run with ``pytest benchmarks/bench_atst.py`` (results land in
+benchmarks/results/atst-<device>-<date>.json, see conftest.py). Both
 providers run one whole training step of ATST-Frame (two copies of each crop, student with 65 %
 time-span masking, EMA teacher, symmetric BYOL loss on masked frames, optimizer step, teacher
 update) on the same batch of random normalised log-mel:

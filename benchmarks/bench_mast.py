@@ -1,8 +1,7 @@
 """MAST vs ViT: training and inference throughput on the same recipe, input and device, beside MACs.
 
-Run with ``pytest benchmarks/bench_mast.py --benchmark-json
-benchmarks/results/mast-<device>-<date>.json`` (without the flag, conftest.py writes the day's
-shared ``<device>-<date>.json`` and replaces another suite's results). On a CPU shared with other
+Run with ``pytest benchmarks/bench_mast.py`` (results land in
+benchmarks/results/mast-<device>-<date>.json, see conftest.py). On a CPU shared with other
 jobs the timings are meaningless: measure on an idle machine. Each size pair
 (``vit_tiny_patch16`` / ``mast_tiny``, ``vit_base_patch16`` / ``mast_base``) runs the same
 batch of random normalised log-mel in three modes:
@@ -11,7 +10,7 @@ batch of random normalised log-mel in three modes:
   exported encoder and HEAR run);
 - ``train-maskspec``: one optimizer step of the ``maskspec`` recipe (75 % masking, decoder
   512 x 8, 16 heads): forward, backward and AdamW, as the training loop runs it. ViT goes
-  through ``MaskSpec`` (random 16x16 patches dropped), MAST through ``MaskSpecMAST`` (random
+  through ``MaskSpec`` (random 16x16 patches dropped), MAST through the same ``MaskSpec`` (random
   mask units dropped, multiscale decoder);
 - ``train-full``: one optimizer step of the encoder on full sequences with a stand-in loss
   (the encoder cost of ``asit`` / ``atst``, whose recipes are not in the tree yet).
@@ -32,9 +31,8 @@ import contextlib
 import pytest
 import torch
 
-from fastspec.models import MASTEncoder, count_macs, create_model
+from fastspec.models import count_macs, create_model
 from fastspec.recipes.maskspec import MaskSpec
-from fastspec.recipes.maskspec_mast import MaskSpecMAST
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -65,8 +63,8 @@ def _autocast():
 
 
 def _recipe(encoder):
-    cls = MaskSpecMAST if isinstance(encoder, MASTEncoder) else MaskSpec
-    return cls(encoder, decoder_dim=512, decoder_depth=8, decoder_heads=16, mask_ratio=0.75)
+    # one recipe for every encoder (the encoder contract)
+    return MaskSpec(encoder, decoder_dim=512, decoder_depth=8, decoder_heads=16, mask_ratio=0.75)
 
 
 def _step_fn(model_name: str, mode: str, mel: torch.Tensor):

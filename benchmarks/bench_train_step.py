@@ -1,9 +1,8 @@
 """Whole training steps of the teacher-student recipes, fastspec against eager peers in the style
 of each paper's own code, on the same device, model and batch.
 
-Run with ``pytest benchmarks/bench_train_step.py --benchmark-json
-benchmarks/results/train-step-<device>-<date>.json`` (without ``--benchmark-json`` results land
-in ``benchmarks/results/<device>-<date>.json``, see conftest.py).
+Run with ``pytest benchmarks/bench_train_step.py`` (results land in
+benchmarks/results/train-step-<device>-<date>.json, see conftest.py).
 
 ``asit`` (ViT-S and ViT-B, two 6 s crops per clip, the paper's heads: 8192 global and 1024 local
 prototypes, reconstruction head 768 / 128). One step is what the training loop runs: views,

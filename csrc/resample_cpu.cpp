@@ -9,61 +9,16 @@
 // mostly-zero window of ~2 * 10 * max(up, down) / up + down taps.
 #include "resample_cpu.h"
 
+#include "simd.h"
+
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 namespace fastspec {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int W = 16;
-#elif defined(__AVX__)
-constexpr int W = 8;
-#else
-constexpr int W = 4;
-#endif
-
-typedef float vf __attribute__((vector_size(4 * W)));
-typedef int32_t vi __attribute__((vector_size(4 * W)));
-
 constexpr int64_t kChunk = 4096;  // outputs per work item
-
-inline vf loadu(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// Same recursive block transpose as logmel_cpu.cpp: rows i and i + B swap B-wide blocks.
-template <int B>
-inline void transpose_round(vf* r) {
-  vi lo, hi;
-  for (int j = 0; j < W; ++j) {
-    lo[j] = (j & B) ? W + j - B : j;
-    hi[j] = (j & B) ? W + j : j + B;
-  }
-  for (int i = 0; i < W; ++i) {
-    if (i & B) continue;
-    const vf a = r[i], b = r[i + B];
-    r[i] = __builtin_shuffle(a, b, lo);
-    r[i + B] = __builtin_shuffle(a, b, hi);
-  }
-}
-
-inline void transpose(vf* r) {
-  if constexpr (W >= 16) transpose_round<8>(r);
-  if constexpr (W >= 8) transpose_round<4>(r);
-  transpose_round<2>(r);
-  transpose_round<1>(r);
-}
-
-template <typename T>
-inline float to_float(T v) {
-  if constexpr (std::is_same_v<T, int16_t>) return static_cast<float>(v) * (1.0f / 32768.0f);
-  return static_cast<float>(v);
-}
 
 template <typename T>
 void run(const ResampleArgs& a) {

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from fastspec import __version__
+from fastspec.stats import add_stats_parser
 
 
 def _pretrain_parser(sub) -> argparse.ArgumentParser:
@@ -32,7 +34,12 @@ def _pretrain_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--accum", type=int, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, help="absolute peak learning rate (default: from optim.blr)")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], help="autocast precision")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the blocks")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile every block and the loss",
+    )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="data loader worker processes")
     p.add_argument(
@@ -92,7 +99,7 @@ def build_config(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from fastspec.train import ConfigError, NonFiniteLossError, pretrain
+    from fastspec.train import ConfigError, NonFiniteLossError, RankFailure, pretrain
 
     try:
         cfg = build_config(args)
@@ -103,6 +110,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     except ValueError as e:  # bad data source, bad model name: named in the message
         print(f"fastspec pretrain: error: {e}", file=sys.stderr)
         return 2
+    except RankFailure as e:  # under torchrun: another rank died or hung (message says which)
+        print(f"fastspec pretrain: error: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun rank 0 reports for the run
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     print(
         f"saved to {result.run_dir}  (step {result.step}, last loss {loss}, "
@@ -113,60 +125,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def info() -> dict:
-    """Versions, the device, and the backend each stage of the data path will use."""
-    import os
-    import platform
+    """Versions, the device, and the backend each stage of the data path will use
+    (:func:`fastspec.info.info`)."""
+    from fastspec.info import info as gather
 
-    import torch
-
-    from fastspec._logging import notices
-    from fastspec.data import loader_report
-    from fastspec.frontend import backend_report
-    from fastspec.frontend.cpp import status as cpp_status
-    from fastspec.masking import masking_report
-    from fastspec.models import list_models
-    from fastspec.models.attention import attention_report
-
-    def version(module: str) -> str:
-        try:
-            mod = __import__(module, fromlist=["__version__"])
-            return getattr(mod, "__version__", "installed")
-        except Exception:
-            return "not installed"
-
-    cuda = torch.cuda.is_available()
-    device = {
-        "cuda": cuda,
-        "name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    versions = {
-        "fastspec": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": version("triton"),
-        "flash_attn": version("flash_attn"),
-        "nvidia.dali": version("nvidia.dali"),
-        "numpy": version("numpy"),
-        "soundfile": version("soundfile"),
-        "safetensors": version("safetensors"),
-    }
-    backends = {
-        "frontend": backend_report(),
-        "attention": attention_report(),
-        "masking": masking_report(),
-        "decode": loader_report(),
-        "cpp_extension": cpp_status(),
-    }
-    return {
-        "versions": versions,
-        "device": device,
-        "backends": backends,
-        "models": list_models(),
-        "fallback_notices": notices(),
-    }
+    return gather()
 
 
 def info_macs(model: str, input_shape: str = "1024x128") -> dict:
@@ -210,15 +173,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
-    for section, values in report.items():
-        print(f"{section}:")
-        if isinstance(values, dict):
-            for key, value in values.items():
-                if isinstance(value, dict):
-                    value = ", ".join(f"{k}={v}" for k, v in value.items())
-                print(f"  {key:14s} {value}")
-        else:
-            print(f"  {', '.join(map(str, values))}")
+    from fastspec.info import format_info
+
+    print(format_info(report))
     return 0
 
 
@@ -251,8 +208,7 @@ def _shard_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     """``fastspec shard SOURCE OUT``: :func:`fastspec.data.write_shards` from the command line."""
-    from fastspec.data import DataError, open_source, write_shards
-    from fastspec.data.sources import summarize_skipped
+    from fastspec.data import DataError, open_source, summarize_skipped, write_shards
 
     try:
         source = open_source(args.source)
@@ -301,7 +257,20 @@ def _embed_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto", help="autocast")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
+    add_pooling_args(p)
     return p
+
+
+def add_pooling_args(p: argparse.ArgumentParser) -> None:
+    """``--pooling`` / ``--last-blocks``: how clip embeddings are pooled (load_encoder)."""
+    p.add_argument(
+        "--pooling",
+        choices=["avg", "token", "atst"],
+        default="avg",
+        help="clip embedding: mean of patch tokens (avg), class token, or atst (class token "
+        "+ mean of the last blocks, ATST's linear evaluation)",
+    )
+    p.add_argument("--last-blocks", type=int, default=1, help="blocks pooled by --pooling atst")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -312,7 +281,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from fastspec.evaluate.extract import resolve_device
 
     try:
-        encoder = load_encoder(args.encoder, device=resolve_device(args.device))
+        encoder = load_encoder(
+            args.encoder,
+            device=resolve_device(args.device),
+            pooling=args.pooling,
+            last_blocks=args.last_blocks,
+        )
         table = open_inputs(args.inputs)
         summary = write_embeddings(
             encoder,
@@ -372,6 +346,7 @@ def _evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--ft-clip-seconds", type=float, default=10.0, help="fine-tuning random crop length"
     )
+    add_pooling_args(p)
     return p
 
 
@@ -390,6 +365,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             amp=args.amp,
             seed=args.seed,
+            pooling=args.pooling,
+            last_blocks=args.last_blocks,
             finetune=FinetuneSettings(
                 epochs=args.ft_epochs,
                 batch_size=args.ft_batch_size,
@@ -419,6 +396,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastspec.finetune.command import add_finetune_parser
+
     parser = argparse.ArgumentParser(prog="fastspec", description="fast audio SSL pretraining")
     parser.add_argument("--version", action="version", version=f"fastspec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -426,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     _shard_parser(sub).set_defaults(func=cmd_shard)
     _embed_parser(sub).set_defaults(func=cmd_embed)
     _evaluate_parser(sub).set_defaults(func=cmd_evaluate)
+    add_stats_parser(sub)
+    add_finetune_parser(sub)  # fastspec.finetune.command: `fastspec finetune`
     p_info = sub.add_parser("info", help="versions, device and the backend of each stage")
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
     p_info.add_argument(
@@ -435,7 +416,14 @@ def main(argv: list[str] | None = None) -> int:
         "--input", metavar="TxF", help="input of --macs: frames x mel bins (default 1024x128)"
     )
     p_info.set_defaults(func=cmd_info)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides between flags: argparse takes positionals in one run only, so the
+        # subcommand's arguments are parsed again, intermixed (the top level cannot be: it has
+        # subcommands), which also reports anything truly unrecognised
+        command = argv.index(args.command)
+        args = sub.choices[args.command].parse_intermixed_args(argv[command + 1 :])
     return args.func(args)
 
 

@@ -17,8 +17,9 @@ Fine-tuning in another trainer follows timm: ``forward_features`` (tokens), ``fo
 (mean pooling, then the classifier), ``reset_classifier(num_classes)``; with no classifier
 (the default) ``forward`` returns the clip embedding.
 
-Backbone-specific steps (how many frames one output token covers, the token grid) sit in the
-small methods of the "token layout" section, so that a multiscale backbone can override them.
+The backbone is used only through the encoder contract (``fastspec.models.contract``): its
+padding to whole tokens, token lengths, output grid, frame tokens and their time spans, so a
+pooling backbone (MAST, trained by any recipe) gives frames with correct timestamps too.
 """
 
 from __future__ import annotations
@@ -30,22 +31,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fastspec import __version__
+from fastspec.encoder_files import FORMAT, FORMAT_VERSION, METADATA_KEY, locate, read_description
 from fastspec.frontend import FrontendConfig, LogMel
-from fastspec.models import create_model, list_models
-from fastspec.models.vit import pad_frames
+from fastspec.models import SpectrogramEncoder, create_model, list_models
 
-FORMAT = "fastspec-encoder"
-FORMAT_VERSION = 1
-# key of the encoder description in the safetensors header metadata (a JSON string), so that a
-# lone (even renamed) .safetensors file is a complete encoder, e.g. for HEAR's load_model(path)
-METADATA_KEY = "fastspec_encoder"
-_REQUIRED_KEYS = ("model_name", "model_config", "frontend")
-POOLINGS = ("avg", "token")
+# avg: mean of the valid patch tokens; token: the class token; atst: ATST's linear-evaluation
+# features, per last block the mean of its normed patch tokens and its class token, concatenated
+POOLINGS = ("avg", "token", "atst")
 
 
 class Encoder(nn.Module):
@@ -77,12 +73,14 @@ class Encoder(nn.Module):
         self.frontend = LogMel.from_config(self.frontend_config)
         self.model_name = model_name
         self.model_config = dict(model_config)
-        self.backbone = create_model(model_name, **model_config)
+        self.backbone: SpectrogramEncoder = create_model(model_name, **model_config)
         self.sample_rate: int = self.frontend_config.sample_rate
         self.embed_dim: int = self.backbone.embed_dim
         self.num_features: int = self.embed_dim  # timm's name for the pooled width
         self.global_pool = "avg"
+        self.last_blocks = 1  # blocks pooled by ``atst`` pooling
         self.num_classes = 0
+        self.class_names: list[str] = []  # of the head's outputs, when known (fine-tuned)
         self.head: nn.Module = nn.Identity()
         if num_classes:
             self.reset_classifier(num_classes)
@@ -124,24 +122,23 @@ class Encoder(nn.Module):
             return lengths
         return torch.full((wave.shape[0],), wave.shape[1], dtype=torch.long, device=wave.device)
 
-    # ---- token layout (backbone-specific: override for a multiscale backbone) -------------------
+    # ---- token layout (from the encoder contract) ------------------------------------------------
 
     @property
     def frames_per_token(self) -> int:
-        """Front-end frames one output token covers along time (ViT: the patch height)."""
-        return self.backbone.patch_size[0]
+        """Front-end frames one output time step covers (ViT: the patch height; MAST: its
+        output token's)."""
+        return self.backbone.frame_hop
 
     def _pad_mel(self, mel: Tensor) -> Tensor:
         """[B, T, F] -> [B, T', F]: the time axis padded with zeros (the normalised mean) to
         whole tokens, at least one, so clips shorter than a token (or a window) still encode."""
-        pt = self.frames_per_token
-        return pad_frames(mel, pt, min_frames=pt)
+        return self.backbone.pad_frames(mel, min_frames=self.frames_per_token)
 
     def _token_lengths(self, n_frames: Tensor) -> Tensor:
         """[B] valid front-end frames -> [B] valid time tokens: every token holding a valid
         frame, and at least one."""
-        pt = self.frames_per_token
-        return ((n_frames + pt - 1) // pt).clamp_min(1)
+        return self.backbone.token_lengths(n_frames)
 
     def _token_grid(self, patch_tokens: Tensor, n_frames: int) -> Tensor:
         """[B, N, D] patch tokens (time-major, no class token) of an input of ``n_frames``
@@ -150,11 +147,15 @@ class Encoder(nn.Module):
         return patch_tokens.reshape(patch_tokens.shape[0], t_p, f_p, patch_tokens.shape[-1])
 
     def patch_times_ms(self, n_patches: int) -> Tensor:
-        """[n_patches] float32 centre time in ms of each time token: the mean of its frames'
-        centre times (Kaldi 16-frame patches: 160 t + 87.5 ms). Tokens are evenly spaced."""
-        pt = self.frames_per_token
-        centres = self.frontend.frame_times_ms(n_patches * pt)  # [n_patches * pt] float64
-        return centres.reshape(n_patches, pt).mean(dim=1).float()
+        """[n_patches] float32 centre time in ms of each output time step: the mean of the
+        centre times of the frames it spans (``frame_spans``; Kaldi 16-frame patches:
+        160 t + 87.5 ms). Steps are evenly spaced."""
+        if n_patches == 0:
+            return torch.zeros(0)
+        spans = self.backbone.frame_spans(n_patches)  # [n, 2] first frame, one past the last
+        centres = self.frontend.frame_times_ms(int(spans[-1, 1]))  # float64 per frame
+        ends = torch.cat([torch.zeros(1, dtype=centres.dtype), centres.cumsum(0)])
+        return ((ends[spans[:, 1]] - ends[spans[:, 0]]) / (spans[:, 1] - spans[:, 0])).float()
 
     def frame_lengths(self, lengths, n_samples: int | None = None) -> Tensor:
         """[B] valid rows of :meth:`frames` (time tokens) for clips of ``lengths`` samples (an
@@ -214,7 +215,7 @@ class Encoder(nn.Module):
         """
         if self.global_pool == "token":
             pooled = x[:, 0]
-        else:
+        else:  # avg (atst pools each block's tokens the same way: embed)
             patch = x[:, self.num_prefix_tokens :]
             if token_lengths is None:
                 pooled = patch.mean(dim=1)
@@ -227,10 +228,37 @@ class Encoder(nn.Module):
         return pooled if pre_logits else self.head(pooled)
 
     def forward(self, wave, lengths=None) -> Tensor:
-        """Clip embeddings [B, D] float32 (the mean of each clip's valid patch tokens), or
-        logits [B, num_classes] once a classifier is set (:meth:`reset_classifier`)."""
-        tokens, token_lengths, _ = self._encode(wave, lengths)
-        return self.forward_head(tokens, token_lengths=token_lengths)
+        """Clip embeddings [B, pooled_dim] float32 (:meth:`embed`), or logits
+        [B, num_classes] once a classifier is set (:meth:`reset_classifier`)."""
+        return self.head(self.embed(wave, lengths))
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of :meth:`embed`: D, or ``2 * last_blocks * D`` with ``atst`` pooling."""
+        return (
+            2 * self.last_blocks * self.embed_dim if self.global_pool == "atst" else self.embed_dim
+        )
+
+    def embed(self, wave, lengths=None) -> Tensor:
+        """Clip embeddings [B, pooled_dim] float32 by ``global_pool``: ``avg`` the mean of each
+        clip's valid patch tokens, ``token`` the class token, ``atst`` ATST's linear-evaluation
+        features (audiossl ``get_intermediate_layers``): for each of the ``last_blocks`` last
+        blocks, the mean of its valid patch tokens after the final norm, then its class token,
+        concatenated in block order."""
+        if self.global_pool != "atst":
+            tokens, token_lengths, _ = self._encode(wave, lengths)
+            return self.forward_head(tokens, pre_logits=True, token_lengths=token_lengths)
+        # the last blocks' outputs, recorded through the encoder contract (any encoder)
+        with self.backbone.record_blocks(self.last_blocks) as outputs:
+            _, token_lengths, _ = self._encode(wave, lengths)
+        parts = []
+        for x in outputs:  # [B, P + N, D] each, P prefix tokens (the class token) first
+            x = x.float()
+            patch_mean = self.forward_head(
+                self.backbone.norm(x).float(), pre_logits=True, token_lengths=token_lengths
+            )
+            parts += [patch_mean, x[:, 0]]
+        return torch.cat(parts, dim=1)
 
     def frames(self, wave, lengths=None) -> tuple[Tensor, Tensor]:
         """Frame embeddings: one per time token, the mean over its frequency tokens.
@@ -241,8 +269,7 @@ class Encoder(nn.Module):
         embedding. The last token of a clip can reach past its end (it is zero-padded).
         """
         tokens, token_lengths, n_frames = self._encode(wave, lengths)
-        grid = self._token_grid(tokens[:, self.num_prefix_tokens :], n_frames)  # [B, T_p, F_p, D]
-        emb = grid.mean(dim=2)  # padding tokens are zero already, so padded rows stay zero
+        emb = self.backbone.frame_tokens(tokens, n_frames)  # [B, T_p, D]; padding rows are zero
         t_p = emb.shape[1]
         times = self.patch_times_ms(t_p).to(emb.device).expand(emb.shape[0], t_p)
         return emb, times
@@ -268,7 +295,7 @@ class Encoder(nn.Module):
             return
         dtype = next(self.backbone.parameters()).dtype
         # initialised on the CPU RNG, then moved: the same seed gives the same head anywhere
-        self.head = nn.Linear(self.embed_dim, num_classes).to(self.device, dtype)
+        self.head = nn.Linear(self.pooled_dim, num_classes).to(self.device, dtype)
 
     # ---- description ----------------------------------------------------------------------------
 
@@ -284,6 +311,18 @@ class Encoder(nn.Module):
             "sample_rate": self.sample_rate,
             "embed_dim": self.embed_dim,
             "pooling": "mean",
+            **({"head": self.head_config()} if self.num_classes else {}),
+        }
+
+    def head_config(self) -> dict[str, Any]:
+        """The classifier a fine-tuned export records: ``nn.Linear(pooled_dim, num_classes)``
+        on ``pooling`` (weights ``head.weight`` / ``head.bias``), and the class names."""
+        return {
+            "type": "linear",
+            "num_classes": self.num_classes,
+            "pooling": self.global_pool,
+            "last_blocks": self.last_blocks,
+            "class_names": list(self.class_names),
         }
 
 
@@ -296,8 +335,6 @@ def export_encoder(
     complete encoder. Both files are written to temporary names and renamed, so a crash leaves
     no torn export.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     enc = Encoder(frontend.to_dict(), backbone.model_name, backbone.arch_config())
     # clone: safetensors refuses tensors that share storage, and the source may be compiled
     state = {
@@ -305,7 +342,23 @@ def export_encoder(
         for k, v in backbone.state_dict().items()
     }
     enc.backbone.load_state_dict(state)
-    description = json.dumps(enc.config(), indent=2)
+    return save_encoder(enc, out_dir)
+
+
+def save_encoder(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
+    """Write ``encoder`` (backbone, and its classifier head when it has one: weights
+    ``head.*``, description ``head``) as ``encoder.safetensors`` + ``encoder.json`` in
+    ``out_dir``, atomically; :func:`load_encoder` then returns logits."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    heads = encoder.head.state_dict() if encoder.num_classes else {}
+    parts = [("", encoder.backbone.state_dict()), ("head.", heads)]
+    state = {
+        prefix + k: v.detach().to("cpu", torch.float32).contiguous().clone()
+        for prefix, part in parts
+        for k, v in part.items()
+    }
+    description = json.dumps(encoder.config(), indent=2)
     weights, meta = out / "encoder.safetensors", out / "encoder.json"
     save_file(
         state,
@@ -318,95 +371,40 @@ def export_encoder(
     return weights
 
 
-_NOT_AN_ENCODER_HINT = (
-    "expected a fastspec run directory, its encoder.safetensors, or encoder.json (written by "
-    "`fastspec pretrain` or fastspec.encoder.export_encoder)"
-)
-
-
-def _locate(path: str | os.PathLike) -> tuple[Path, Path | None]:
-    """(weights, description JSON or None) for what ``load_encoder`` was given."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no fastspec encoder at {path}: it does not exist")
-    if p.is_dir():
-        weights = p / "encoder.safetensors"
-        if not weights.is_file():
-            found = "checkpoints but no exported encoder (the run has not finished)"
-            has_ckpt = (p / "checkpoints").is_dir()
-            raise FileNotFoundError(
-                f"no fastspec encoder at {path}: {weights.name} is missing"
-                + (f"; the folder holds {found}" if has_ckpt else "")
-                + f"; {_NOT_AN_ENCODER_HINT}"
-            )
-        return weights, (p / "encoder.json") if (p / "encoder.json").is_file() else None
-    if p.suffix == ".json":
-        weights = p.with_name("encoder.safetensors")
-        if p.stem != "encoder" and p.with_suffix(".safetensors").is_file():
-            weights = p.with_suffix(".safetensors")  # a renamed pair: NAME.json + NAME.safetensors
-        if not weights.is_file():
-            raise FileNotFoundError(f"no fastspec encoder at {path}: {weights} is missing")
-        return weights, p
-    if p.suffix != ".safetensors":
-        pickled = ""
-        if p.suffix in (".pt", ".pth", ".ckpt", ".bin", ".pkl"):
-            pickled = " (a pickled checkpoint? fastspec never unpickles a file)"
-        raise ValueError(f"{path} is not a fastspec encoder{pickled}: {_NOT_AN_ENCODER_HINT}")
-    # NAME.json beside NAME.safetensors; otherwise the description embedded in the header
-    meta = p.with_suffix(".json")
-    return p, meta if meta.is_file() else None
-
-
-def _read_description(weights: Path, meta: Path | None) -> tuple[dict[str, Any], str]:
-    """The encoder description (from ``meta``, else the weights' header) and where it came from."""
-    if meta is not None:
-        where = str(meta)
-        try:
-            cfg = json.loads(meta.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{meta} is not a fastspec encoder description: {e}") from None
-    else:
-        where = f"{weights} (header)"
-        try:
-            with safe_open(str(weights), framework="pt") as f:
-                header = f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{weights} is not a readable safetensors file: {e}") from None
-        if METADATA_KEY not in header and weights.with_name("encoder.json").is_file():
-            # an export from before the header carried the description, renamed in its folder
-            return _read_description(weights, weights.with_name("encoder.json"))
-        if METADATA_KEY not in header:
-            raise ValueError(
-                f"{weights} is not a fastspec encoder: no encoder.json next to it and no "
-                f"description in its header; {_NOT_AN_ENCODER_HINT}"
-            )
-        try:
-            cfg = json.loads(header[METADATA_KEY])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where} holds an unreadable encoder description: {e}") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ValueError(f"{where} is not a fastspec encoder description (no format={FORMAT!r})")
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
+def set_pooling(encoder: Encoder, pooling: str = "avg", last_blocks: int = 1) -> Encoder:
+    """Choose how ``encoder`` pools clip embeddings (:data:`POOLINGS`; ``last_blocks`` for
+    ``atst``), in place; an existing classifier head must match the new width."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    depth = len(encoder.backbone.blocks)
+    if not 1 <= last_blocks <= depth:
         raise ValueError(
-            f"{where} has format_version {cfg['format_version']}, newer than this fastspec "
-            f"({__version__}) reads ({FORMAT_VERSION}); upgrade fastspec"
+            f"last_blocks must be in 1..{depth} (the encoder's blocks), got {last_blocks}"
         )
-    missing = [k for k in _REQUIRED_KEYS if k not in cfg]
-    if missing:
-        raise ValueError(f"{where} is an incomplete fastspec encoder description: no {missing}")
-    return cfg, where
+    encoder.global_pool, encoder.last_blocks = pooling, int(last_blocks)
+    if encoder.num_classes and encoder.head.in_features != encoder.pooled_dim:
+        raise ValueError(
+            f"pooling {pooling!r} gives {encoder.pooled_dim}-d embeddings; the classifier "
+            f"expects {encoder.head.in_features}"
+        )
+    return encoder
 
 
-def load_encoder(path: str | os.PathLike, device=None) -> Encoder:
+def load_encoder(
+    path: str | os.PathLike, device=None, pooling: str | None = None, last_blocks: int = 1
+) -> Encoder:
     """Load an exported encoder: a run directory, its ``encoder.safetensors`` (alone or renamed:
     the description is embedded) or ``encoder.json``.
 
-    Returns an :class:`Encoder` in eval mode on ``device`` (default CPU). Reads JSON and
+    ``pooling``/``last_blocks``: how clip embeddings are pooled (:func:`set_pooling`; ``atst``
+    gives ATST's linear-evaluation features; default ``avg``, or the pooling a fine-tuned
+    export's head was trained on: it returns logits). Returns an :class:`Encoder` in eval mode on
+    ``device`` (default CPU). Reads JSON and
     safetensors only (no pickle, no network). Raises FileNotFoundError when nothing is there,
     ValueError naming the file when it is not a fastspec encoder (or not a readable one).
     """
-    weights, meta = _locate(path)
-    cfg, where = _read_description(weights, meta)
+    weights, meta = locate(path)
+    cfg, where = read_description(weights, meta)
     if cfg["model_name"] not in list_models():
         raise ValueError(
             f"{where} names model {cfg['model_name']!r}, which this fastspec ({__version__}) "
@@ -420,6 +418,15 @@ def load_encoder(path: str | os.PathLike, device=None) -> Encoder:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for torn / foreign files
         raise ValueError(f"{weights} is not a readable safetensors file: {e}") from None
+    head = cfg.get("head") or {}
+    if head:  # a fine-tuned export: its classifier on the pooling it was trained with
+        pooling, last_blocks = pooling or head["pooling"], head.get("last_blocks", last_blocks)
+        set_pooling(enc, head["pooling"], last_blocks).reset_classifier(int(head["num_classes"]))
+        enc.class_names = list(head.get("class_names", []))
+        try:
+            enc.head.load_state_dict({k[5:]: state.pop(k) for k in list(state) if k[:5] == "head."})
+        except RuntimeError as e:
+            raise ValueError(f"{weights}: its head does not match {where}: {e}") from None
     try:
         missing, unexpected = enc.backbone.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of the wrong shape
@@ -429,4 +436,4 @@ def load_encoder(path: str | os.PathLike, device=None) -> Encoder:
             f"{weights} does not match {cfg['model_name']}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    return enc.to(device).eval()
+    return set_pooling(enc, pooling or "avg", last_blocks).to(device).eval()

@@ -55,7 +55,7 @@ class HearModel(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.encoder = encoder
         self.sample_rate = int(encoder.sample_rate)
-        self.scene_embedding_size = int(encoder.embed_dim)
+        self.scene_embedding_size = int(encoder.pooled_dim)
         self.timestamp_embedding_size = int(encoder.embed_dim)
         self.batch_size = int(batch_size)
         frame_hop = encoder.frontend.hop_length  # samples per front-end frame
@@ -86,19 +86,30 @@ class HearModel(nn.Module):
         )
 
 
-def load_model(model_file_path: str = "", *, device=None, hop_ms: float | None = None) -> HearModel:
+def load_model(
+    model_file_path: str = "",
+    *,
+    device=None,
+    hop_ms: float | None = None,
+    pooling: str = "avg",
+    last_blocks: int = 1,
+) -> HearModel:
     """HEAR ``load_model``: an exported fastspec encoder (run directory, ``encoder.safetensors``
     alone or with its ``encoder.json``) as a :class:`HearModel` in eval mode.
 
     ``device`` (default CPU) and ``hop_ms`` (timestamp hop, see :class:`HearModel`) extend the
-    API; HEAR calls ``load_model(path)``. There are no built-in weights: the path is required.
+    API; HEAR calls ``load_model(path)``. ``pooling``/``last_blocks`` choose the scene
+    embedding (``atst``: ATST's class token + mean of the last blocks; see
+    :func:`fastspec.encoder.set_pooling`). There are no built-in weights: the path is required.
     """
     if not model_file_path:
         raise ValueError(
             "fastspec.hear.load_model needs the path of an exported encoder (a run directory or "
             "its encoder.safetensors); fastspec ships no default weights"
         )
-    encoder = load_encoder(os.fspath(model_file_path), device=device)
+    encoder = load_encoder(
+        os.fspath(model_file_path), device=device, pooling=pooling, last_blocks=last_blocks
+    )
     return HearModel(encoder, hop_ms=hop_ms).eval()
 
 

@@ -33,28 +33,13 @@ sync) then clamps, normalises, zeroes the padding frames and casts to the output
 Gradient: none. The front end feeds the model and is never differentiated, so there is no
 ``autograd.Function``; outputs are detached.
 
-Precision (``precision=``): the mode of both ``tl.dot``. The interpreter computes every mode in
-fp32, so the tensor-core modes are measured by emulating their operand rounding and splitting
-with fp32 sums (``kernels.reference.dot_emulated``, ``benchmarks/frontend_precision.py``,
-``benchmarks/results/frontend-precision.json``). Error against float64, Kaldi 128 mel, ln units,
-max / mean, on the benchmark audio (noise, chirps, tones over a -40 dB floor) and on the demo
-corpus stored as 16-bit PCM (decays into digital silence: the hardest case for any float32 DFT):
-
-============  =====================  =====================  ==============================
-mode          bench audio            demo corpus, int16     tensor-core cost per product
-============  =====================  =====================  ==============================
-torch fp32    1.7e-3 / 9.7e-6        1.5e-2 / 5.7e-5        (FFT, for reference)
-``ieee``      4.9e-4 / 2.8e-6        6.3e-3 / 4.3e-5        none: fp32 FMA (~60 TFLOP/s)
-``bf16x6``    1.7e-4 / 1.2e-6        3.4e-3 / 2.7e-5        6 bf16 = 3 tf32
-``tf32x3``    1.1e-3 / 3.6e-6        8.2e-3 / 7.7e-5        3 tf32
-``bf16x3``    1.5e-2 / 1.4e-4        4.0e-1 / 3.7e-3        3 bf16 = 1.5 tf32
-``tf32``      8.8e-1 / 9.3e-3        7.6e+0 / 7.3e-1        1 tf32 (not for audio)
-============  =====================  =====================  ==============================
-
-So the accurate tensor-core mode is ``bf16x6`` (more accurate than fp32 torch at the cost of
-``tf32x3``), ``tf32x3`` also stays within twice the fp32 torch error, and the fast mode is
-``bf16x3`` (half their tensor-core time; errors concentrate in bins 60+ dB below the frame
-peak). ``ieee`` stays the default until the split modes are validated on a GPU.
+Precision (``precision=``): the mode of both ``tl.dot`` (``ieee``, the default, or the
+tensor-core modes ``tf32``, ``tf32x3``, ``bf16x3``, ``bf16x6``). The interpreter computes every mode
+in fp32, so there the kernel emulates each mode's operand rounding itself (``_dot``), and the
+modes are measured on the host the same way (``kernels.reference.dot_emulated``,
+``benchmarks/frontend_precision.py``); the measured error of each mode against float64 is in
+``benchmarks/results/frontend-precision.md``. In short:
+``bf16x6`` is the accurate tensor-core mode, ``bf16x3`` the fast one, ``tf32`` is not for audio.
 
 Cost (Kaldi): 2 x 400 x 255 multiply-adds per frame for the DFT plus 255 x 128 for the mel, about
 0.47 MFLOP, i.e. 47 MFLOP per second of audio; 3,000 h/s needs ~510 TFLOP/s of fp32-equivalent
@@ -67,48 +52,65 @@ tensor-core utilisation, near ~970 h/s in ``bf16x6`` / ``tf32x3`` and ~1,950 h/s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .reference import frame_count
+from ._utils import INTERPRETED, cast_rne, device_guard, require_runnable
+from .logmel_plan import LogmelPlan, kernel_constexprs, launch_config, output_frames
 
-__all__ = [
-    "INTERPRETED",
-    "PRECISIONS",
-    "LogmelPlan",
-    "make_logmel_plan",
-    "logmel_fwd",
-    "fused_logmel",
-    "output_frames",
-]
-
-# triton.jit picks the interpreter when the function is decorated, so what counts is the flag at
-# import time of this module, not the environment at launch time
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+__all__ = ["INTERPRETED", "PRECISIONS", "fused_logmel", "logmel_fwd"]
 
 PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3", "bf16x6")
 _OUT_DTYPES = (torch.float32, torch.bfloat16)
-# samples scanned per step of the in-kernel NaN / inf check
-_CHECK_BLOCK = 1024
 
 
 @triton.jit
-def _cast_for_store(y, out_ptr):
-    """``y`` (fp32) in the element type of ``out_ptr``; bf16 rounded to nearest even.
+def _round_operand(x, BF16: tl.constexpr):
+    """fp32 ``x`` rounded to a tensor-core operand format, kept in fp32: bf16 (nearest even, as
+    the GPU's cvt.rn.bf16) or tf32 (10 mantissa bits, half away from zero, as cvt.rna.tf32)."""
+    bits = x.to(tl.int32, bitcast=True)
+    if BF16:
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    else:
+        bits = (bits + 0x1000) & -8192
+    return bits.to(tl.float32, bitcast=True)
 
-    The explicit integer rounding leaves the cast exact: the GPU's fp32 -> bf16 conversion
-    rounds to nearest even anyway, but the interpreter's truncates, and tests compare with
-    torch's rounding.
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+    """``acc + a @ b`` in the precision mode ``PRECISION``.
+
+    EMULATE (interpreter only, whose ``tl.dot`` computes every mode in fp32): the tensor-core
+    modes' operand rounding is done here on the bits, as Triton's F32DotTC pass does on a GPU:
+    each operand split into 2 (``tf32x3``, ``bf16x3``) or 3 (``bf16x6``) exactly representable
+    terms, the cross products a mode keeps summed small ones first, then the leading product.
+    So tests on CPU see each mode's own rounding error, not fp32's.
     """
-    if out_ptr.dtype.element_ty == tl.bfloat16:
-        bits = y.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        y = bits.to(tl.float32, bitcast=True)
-    return y.to(out_ptr.dtype.element_ty)
+    if EMULATE and PRECISION != "ieee":
+        BF16: tl.constexpr = PRECISION == "bf16x3" or PRECISION == "bf16x6"
+        a0 = _round_operand(a, BF16)
+        b0 = _round_operand(b, BF16)
+        if PRECISION == "tf32":
+            return tl.dot(a0, b0, acc, input_precision="ieee")
+        a1 = _round_operand(a - a0, BF16)
+        b1 = _round_operand(b - b0, BF16)
+        if PRECISION == "bf16x6":
+            a2 = _round_operand(a - a0 - a1, BF16)
+            b2 = _round_operand(b - b0 - b1, BF16)
+            # products of order 2^-16 and above, smallest first (kernels.reference.dot_emulated)
+            small = tl.dot(a2, b0, input_precision="ieee")
+            small = tl.dot(a1, b1, small, input_precision="ieee")
+            small = tl.dot(a1, b0, small, input_precision="ieee")
+            small = tl.dot(a0, b2, small, input_precision="ieee")
+            small = tl.dot(a0, b1, small, input_precision="ieee")
+        else:
+            small = tl.dot(a1, b0, input_precision="ieee")
+            small = tl.dot(a0, b1, small, input_precision="ieee")
+        return acc + (tl.dot(a0, b0, input_precision="ieee") + small)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
 @triton.jit(do_not_specialize=["n_samples", "n_frames", "stride_wave_b"])
@@ -150,6 +152,7 @@ def _logmel_fwd_kernel(
     BLOCK_F: tl.constexpr,
     CHECK_BLOCK: tl.constexpr,
     PRECISION: tl.constexpr,
+    EMULATE: tl.constexpr,  # interpreter: emulate the tensor-core modes (see _dot)
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -216,13 +219,13 @@ def _logmel_fwd_kernel(
             basis_offs = k[:, None] * F_PAD + (f0 + rf)[None, :]  # [BLOCK_K, BLOCK_F]
             b_re = tl.load(basis_row + basis_offs)
             b_im = tl.load(basis_row + K_PAD * F_PAD + basis_offs)
-            re = tl.dot(x, b_re, re, input_precision=PRECISION)
-            im = tl.dot(x, b_im, im, input_precision=PRECISION)
+            re = _dot(x, b_re, re, PRECISION, EMULATE)
+            im = _dot(x, b_im, im, PRECISION, EMULATE)
         spec = re * re + im * im
         if POWER_ONE:
             spec = tl.sqrt(spec)
         mel_w = tl.load(mel_ptr + (f0 + rf)[:, None] * M_PAD + m[None, :])  # [BLOCK_F, M_PAD]
-        acc = tl.dot(spec, mel_w, acc, input_precision=PRECISION)
+        acc = _dot(spec, mel_w, acc, PRECISION, EMULATE)
 
     y = tl.log(tl.maximum(acc, log_floor)) * log_mult
     valid = frame_ok[:, None] & (m[None, :] < N_MELS)
@@ -232,7 +235,7 @@ def _logmel_fwd_kernel(
     else:
         y = y * norm_mul + norm_add
     y = tl.where(valid, y, 0.0)
-    tl.store(out_ptr + out_offs, _cast_for_store(y, out_ptr), mask=store_mask)
+    tl.store(out_ptr + out_offs, cast_rne(y, out_ptr.dtype.element_ty, True), mask=store_mask)
 
 
 @triton.jit(do_not_specialize=["n_samples", "n_frames"])
@@ -268,168 +271,11 @@ def _top_db_epilogue_kernel(
     x = tl.load(raw_ptr + b * n_frames * N_MELS + offs, mask=valid, other=0.0)
     lowest = tl.load(clip_max_ptr + b) - top_db
     y = tl.where(valid, tl.maximum(x, lowest) * norm_mul + norm_add, 0.0)
-    tl.store(out_ptr + b * n_frames * N_MELS + offs, _cast_for_store(y, out_ptr), mask=in_clip)
-
-
-@dataclass(frozen=True)
-class LogmelPlan:
-    """Device constants and static settings of one front-end configuration (build once, reuse).
-
-    ``basis``: ``[n_phases, 2, K_PAD, F_PAD]`` fp32; ``phase_start``: ``[n_phases]`` int32;
-    ``mel_fb``: ``[F_PAD, M_PAD]`` fp32 (see the kernel). Without resampling ``n_phases == 1``,
-    ``read_length == frame_length``, ``src_hop == hop_length`` and ``len_up == len_down == 1``.
-    """
-
-    basis: Tensor
-    phase_start: Tensor
-    mel_fb: Tensor
-    frame_length: int
-    read_length: int
-    hop_length: int
-    src_hop: int
-    len_up: int
-    len_down: int
-    n_mels: int
-    center: bool
-    reflect: bool
-    power: float
-    log_floor: float
-    log_mult: float
-    top_db: float | None
-    block_k: int
-    block_f: int
-
-    @property
-    def n_phases(self) -> int:
-        return self.basis.shape[0]
-
-
-def _pow2_at_least(n: int, floor: int = 16) -> int:
-    return max(floor, 1 << max(n - 1, 0).bit_length())
-
-
-def make_logmel_plan(
-    basis_re: Tensor,
-    basis_im: Tensor,
-    mel_fb: Tensor,
-    *,
-    hop_length: int,
-    center: bool,
-    pad_mode: str,
-    power: float,
-    log_floor: float,
-    log_mult: float,
-    top_db: float | None,
-    device,
-    frame_length: int | None = None,
-    phase_start: list[int] | None = None,
-    src_hop: int | None = None,
-    len_ratio: tuple[int, int] = (1, 1),
-    block_k: int | None = None,
-    block_f: int | None = None,
-) -> LogmelPlan:
-    """Trim, pad and upload the constants for :func:`logmel_fwd`.
-
-    Args:
-        basis_re, basis_im: ``[frame_length, n_freqs]`` float64 from ``frame_spectrum_basis``, or
-            ``[n_phases, read_length, n_freqs]`` with the resampler folded in
-            (``resampled_frame_basis``; then also pass ``frame_length``, ``phase_start``,
-            ``src_hop`` and ``len_ratio = (up, down)``).
-        mel_fb: ``[n_freqs, n_mels]`` filter bank (any float dtype).
-        block_k, block_f: reduction / frequency tile sizes (powers of two >= 16); the padding of
-            the constants depends on them. Defaults: 16 x 32 on GPU (see ``_launch_config``),
-            128 x 128 when interpreted (fewer interpreted ops).
-    """
-    if basis_re.dim() == 2:
-        basis_re, basis_im = basis_re[None], basis_im[None]
-    n_phases, read_length, n_freqs = basis_re.shape
-    if mel_fb.shape[0] != n_freqs:
-        raise ValueError(f"mel_fb has {mel_fb.shape[0]} rows, basis has {n_freqs} bins")
-    frame_length = frame_length or read_length
-    if phase_start is None:
-        # no resampling: frame t starts at t * hop, minus the centre padding
-        phase_start = [-(frame_length // 2) if center else 0]
-    if len(phase_start) != n_phases:
-        raise ValueError(f"phase_start has {len(phase_start)} entries for {n_phases} phases")
-    n_mels = mel_fb.shape[1]
-    used = (mel_fb != 0).any(dim=1).nonzero().flatten()
-    # bins no filter touches (below f_min, above f_max, Kaldi's Nyquist) cost DFT work for nothing
-    lo, hi = (int(used[0]), int(used[-1]) + 1) if used.numel() else (0, 1)
-    interpreted = INTERPRETED and torch.device(device).type == "cpu"
-    block_k = block_k or (128 if interpreted else 16)
-    block_f = block_f or (128 if interpreted else 32)
-    k_pad = triton.cdiv(read_length, block_k) * block_k
-    f_pad = triton.cdiv(hi - lo, block_f) * block_f
-    m_pad = _pow2_at_least(n_mels)
-    basis = torch.zeros(n_phases, 2, k_pad, f_pad, dtype=torch.float64)
-    basis[:, 0, :read_length, : hi - lo] = basis_re[..., lo:hi].to(torch.float64)
-    basis[:, 1, :read_length, : hi - lo] = basis_im[..., lo:hi].to(torch.float64)
-    mel = torch.zeros(f_pad, m_pad, dtype=torch.float64)
-    mel[: hi - lo, :n_mels] = mel_fb[lo:hi].to(torch.float64)
-    return LogmelPlan(
-        basis=basis.to(device=device, dtype=torch.float32).contiguous(),
-        phase_start=torch.tensor(phase_start, dtype=torch.int32, device=device),
-        mel_fb=mel.to(device=device, dtype=torch.float32).contiguous(),
-        frame_length=frame_length,
-        read_length=read_length,
-        hop_length=hop_length,
-        src_hop=src_hop or hop_length,
-        len_up=len_ratio[0],
-        len_down=len_ratio[1],
-        n_mels=n_mels,
-        center=center,
-        reflect=center and pad_mode == "reflect",
-        power=power,
-        log_floor=log_floor,
-        log_mult=log_mult,
-        top_db=top_db,
-        block_k=block_k,
-        block_f=block_f,
+    tl.store(
+        out_ptr + b * n_frames * N_MELS + offs,
+        cast_rne(y, out_ptr.dtype.element_ty, True),
+        mask=in_clip,
     )
-
-
-def _launch_config(precision: str) -> tuple[int, int]:
-    """``(BLOCK_T, num_warps)`` for the GPU.
-
-    Chosen without a GPU to time on: these are the largest tiles that ptxas (sm_90, Triton 3.9)
-    fits in 255 registers without spilling, with BLOCK_K=16 and BLOCK_F=32, for the Kaldi (128
-    mel) and ATST presets. The [BLOCK_T, 128] fp32 mel accumulator stays live across the whole
-    DFT loop, which is what limits the tile. Split modes keep operand splits live, hence half
-    the frames. Tune (autotune with a coarse key) once a GPU is available.
-    """
-    return (64 if precision in ("ieee", "tf32") else 32), 8
-
-
-def kernel_constexprs(
-    plan: LogmelPlan, precision: str, block_t: int, check_finite: bool = True
-) -> dict:
-    """The compile-time arguments of ``_logmel_fwd_kernel`` for a plan (one compiled variant
-    per distinct dict; also used by the test that compiles the kernel for sm_90 without a GPU)."""
-    return dict(
-        FRAME_LEN=plan.frame_length,
-        READ_LEN=plan.read_length,
-        N_MELS=plan.n_mels,
-        K_PAD=plan.basis.shape[2],
-        F_PAD=plan.basis.shape[3],
-        M_PAD=plan.mel_fb.shape[1],
-        N_PHASES=plan.n_phases,
-        CENTER=plan.center,
-        REFLECT=plan.reflect,
-        POWER_ONE=plan.power == 1.0,
-        HAS_TOP_DB=plan.top_db is not None,
-        CHECK_FINITE=check_finite,
-        BLOCK_T=block_t,
-        BLOCK_K=plan.block_k,
-        BLOCK_F=plan.block_f,
-        CHECK_BLOCK=_CHECK_BLOCK,
-        PRECISION=precision,
-    )
-
-
-def output_frames(num_samples, plan: LogmelPlan):
-    """Frames of ``num_samples`` source samples (int or int Tensor) under ``plan``."""
-    out_len = -(-num_samples * plan.len_up // plan.len_down)
-    return frame_count(out_len, plan.frame_length, plan.hop_length, plan.center)
 
 
 def logmel_fwd(
@@ -463,11 +309,7 @@ def logmel_fwd(
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
     if out_dtype not in _OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
-    if wave.device.type == "cpu" and not INTERPRETED:
-        raise RuntimeError(
-            "the Triton log-mel kernel runs on CPU tensors only under TRITON_INTERPRET=1 "
-            "(set before fastspec.kernels.logmel is imported)"
-        )
+    require_runnable(wave.device, "log-mel kernel", "logmel")
     if wave.device != plan.basis.device or lengths.device != wave.device:
         raise ValueError(
             f"wave on {wave.device}, lengths on {lengths.device}, plan on {plan.basis.device}"
@@ -488,57 +330,56 @@ def logmel_fwd(
             else torch.empty_like(out, dtype=torch.float32)
         )
         clip_max = torch.full((batch,), -math.inf, device=wave.device, dtype=torch.float32)
-        gpu_block_t, num_warps = _launch_config(precision)
+        gpu_block_t, num_warps = launch_config(precision)
         block_t = block_t or (32 if INTERPRETED else gpu_block_t)
-        # the interpreter has no bf16x3/bf16x6 (it computes every mode in fp32 anyway)
-        kernel_precision = "ieee" if INTERPRETED and precision.startswith("bf16") else precision
         per_phase = triton.cdiv(n_frames, plan.n_phases)
         grid = (plan.n_phases * triton.cdiv(per_phase, block_t), batch)
-        _logmel_fwd_kernel[grid](
-            wave,
-            lengths,
-            plan.basis,
-            plan.phase_start,
-            plan.mel_fb,
-            raw,
-            clip_max,
-            bad,
-            num_samples,
-            n_frames,
-            wave.stride(0),
-            plan.hop_length,
-            plan.src_hop,
-            plan.len_up,
-            plan.len_down,
-            1.0 / 32768.0 if wave.dtype == torch.int16 else 1.0,
-            plan.log_floor,
-            plan.log_mult,
-            norm_mul,
-            norm_add,
-            **kernel_constexprs(plan, kernel_precision, block_t, check_finite),
-            num_warps=num_warps,
-        )
-        if two_pass:
-            block = 1024
-            _top_db_epilogue_kernel[(triton.cdiv(n_frames * plan.n_mels, block), batch)](
-                raw,
-                out,
-                clip_max,
+        with device_guard(wave.device):
+            _logmel_fwd_kernel[grid](
+                wave,
                 lengths,
+                plan.basis,
+                plan.phase_start,
+                plan.mel_fb,
+                raw,
+                clip_max,
+                bad,
                 num_samples,
                 n_frames,
+                wave.stride(0),
                 plan.hop_length,
+                plan.src_hop,
                 plan.len_up,
                 plan.len_down,
-                plan.top_db,
+                1.0 / 32768.0 if wave.dtype == torch.int16 else 1.0,
+                plan.log_floor,
+                plan.log_mult,
                 norm_mul,
                 norm_add,
-                FRAME_LEN=plan.frame_length,
-                N_MELS=plan.n_mels,
-                CENTER=plan.center,
-                BLOCK=block,
-                num_warps=4,
+                **kernel_constexprs(plan, precision, block_t, check_finite),
+                num_warps=num_warps,
             )
+            if two_pass:
+                block = 1024
+                _top_db_epilogue_kernel[(triton.cdiv(n_frames * plan.n_mels, block), batch)](
+                    raw,
+                    out,
+                    clip_max,
+                    lengths,
+                    num_samples,
+                    n_frames,
+                    plan.hop_length,
+                    plan.len_up,
+                    plan.len_down,
+                    plan.top_db,
+                    norm_mul,
+                    norm_add,
+                    FRAME_LEN=plan.frame_length,
+                    N_MELS=plan.n_mels,
+                    CENTER=plan.center,
+                    BLOCK=block,
+                    num_warps=4,
+                )
     elif check_finite and batch:
         # no frames at all (every clip shorter than a window): the kernel did not run
         valid = torch.arange(num_samples, device=wave.device)[None, :] < lengths[:, None]

@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._utils import INTERPRETED, device_guard, require_runnable
+
 __all__ = [
     "INTERPRETED",
     "MAX_PRIORITY_BITS",
@@ -39,10 +41,6 @@ __all__ = [
     "select_config",
     "select_top",
 ]
-
-# triton.jit picks the interpreter when the function is decorated, so what counts is the flag at
-# import time of this module
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 MAX_TOKENS = 1 << 16  # the key keeps 16 bits of token index
 MAX_PRIORITY_BITS = 14  # 14 + 32 + 16 bits stay below the int64 sign bit
@@ -152,11 +150,7 @@ def _rect_first_cover_kernel(
 
 def _check_runnable(*tensors: Tensor) -> None:
     device = tensors[0].device
-    if device.type == "cpu" and not INTERPRETED:
-        raise RuntimeError(
-            "the Triton masking kernels run on CPU tensors only under TRITON_INTERPRET=1 "
-            "(set before fastspec.kernels.masking is imported)"
-        )
+    require_runnable(device, "masking kernels", "masking")
     for t in tensors:
         if t.device != device:
             raise ValueError(f"all tensors must be on {device}, got one on {t.device}")
@@ -207,7 +201,8 @@ def philox_uniform(seed: Tensor, shape: tuple[int, ...], stream: int) -> Tensor:
         raise ValueError(f"philox_uniform draws at most 2**40 values per stream, asked {numel}")
     if numel:
         block = 1024
-        _uniform_kernel[(triton.cdiv(numel, block),)](seed, out, numel, stream, BLOCK=block)
+        with device_guard(seed.device):
+            _uniform_kernel[(triton.cdiv(numel, block),)](seed, out, numel, stream, BLOCK=block)
     return out
 
 
@@ -257,22 +252,23 @@ def select_top(
     if n_rows == 0:
         return mask, ids_keep, ids_restore
     block_b, block_n, num_warps = select_config(n_rows, n_tokens)
-    _select_top_kernel[(triton.cdiv(n_rows, block_b),)](
-        seed,
-        priority if priority is not None else ids_restore,  # dummy pointer, never read
-        mask.view(torch.uint8),
-        ids_keep,
-        ids_restore,
-        n_rows,
-        n_tokens,
-        n_keep,
-        stream,
-        HAS_PRIORITY=priority is not None,
-        PRIORITY_BITS=priority_bits if priority is not None else 0,
-        BLOCK_B=block_b,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-    )
+    with device_guard(device):
+        _select_top_kernel[(triton.cdiv(n_rows, block_b),)](
+            seed,
+            priority if priority is not None else ids_restore,  # dummy pointer, never read
+            mask.view(torch.uint8),
+            ids_keep,
+            ids_restore,
+            n_rows,
+            n_tokens,
+            n_keep,
+            stream,
+            HAS_PRIORITY=priority is not None,
+            PRIORITY_BITS=priority_bits if priority is not None else 0,
+            BLOCK_B=block_b,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )
     return mask, ids_keep, ids_restore
 
 
@@ -298,7 +294,8 @@ def rect_first_cover(rects: Tensor, n_time: int, n_freq: int) -> Tensor:
         return first
     block_t, block_f, num_warps = rect_config(n_freq)
     grid = (triton.cdiv(n_time, block_t), triton.cdiv(n_freq, block_f), b)
-    _rect_first_cover_kernel[grid](
-        rects, first, n_time, n_freq, r, BLOCK_T=block_t, BLOCK_F=block_f, num_warps=num_warps
-    )
+    with device_guard(rects.device):
+        _rect_first_cover_kernel[grid](
+            rects, first, n_time, n_freq, r, BLOCK_T=block_t, BLOCK_F=block_f, num_warps=num_warps
+        )
     return first

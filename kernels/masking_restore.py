@@ -22,11 +22,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .patch_embed import _cast
+from ._utils import (
+    INTERPRETED,
+    cast_rne,
+    check_same_device,
+    device_guard,
+    fake_for,
+    kernel_op,
+    launch,
+    require_runnable,
+)
 
 __all__ = ["INTERPRETED", "restore_tokens", "restore_tokens_bwd", "restore_tokens_fwd"]
-
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit(do_not_specialize=["n_rows", "n_keep"])
@@ -56,16 +63,18 @@ def _restore_fwd_kernel(
     x = tl.load(src, mask=(r_ok & kept)[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     token = tl.load(token_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
     # the mask token is rounded to x's dtype first, as the reference's cast does
-    token = _cast(token, x_ptr.dtype.element_ty, EMULATE).to(tl.float32)
+    token = cast_rne(token, x_ptr.dtype.element_ty, EMULATE).to(tl.float32)
     y = tl.where(kept[:, None], x, token[None, :])
     if HAS_POS:
         n = r % n_tokens
         ok = r_ok[:, None] & d_ok[None, :]
         # the reference rounds the restored token to x's dtype before adding positions
-        y = _cast(y, x_ptr.dtype.element_ty, EMULATE).to(tl.float32)
+        y = cast_rne(y, x_ptr.dtype.element_ty, EMULATE).to(tl.float32)
         y += tl.load(pos_ptr + n[:, None] * dim + d[None, :], mask=ok, other=0.0).to(tl.float32)
     out = out_ptr + r[:, None].to(tl.int64) * dim + d[None, :]
-    tl.store(out, _cast(y, out_ptr.dtype.element_ty, EMULATE), mask=r_ok[:, None] & d_ok[None, :])
+    tl.store(
+        out, cast_rne(y, out_ptr.dtype.element_ty, EMULATE), mask=r_ok[:, None] & d_ok[None, :]
+    )
 
 
 @triton.jit(do_not_specialize=["n_rows", "n_keep"])
@@ -126,11 +135,8 @@ def _check(x_kept: Tensor, ids_restore: Tensor, mask_token: Tensor, pos: Tensor 
         raise ValueError(f"mask_token must have D = {d} elements, got {tuple(mask_token.shape)}")
     if pos is not None and pos.shape != (n, d):
         raise ValueError(f"pos must be [N, D] = [{n}, {d}], got shape {tuple(pos.shape)}")
-    if x_kept.device.type == "cpu" and not INTERPRETED:
-        raise RuntimeError(
-            "the Triton restore kernels run on CPU tensors only under TRITON_INTERPRET=1 "
-            "(set before fastspec.kernels.masking_restore is imported)"
-        )
+    require_runnable(x_kept.device, "restore kernels", "masking_restore")
+    check_same_device(x_kept.device, ids_restore=ids_restore, mask_token=mask_token, pos=pos)
     return b, k, n, d
 
 
@@ -151,11 +157,12 @@ def restore_tokens_fwd(
     pos_arg = pos.contiguous() if pos is not None else out
     block_r, block_d = _blocks(d)
     grid = (triton.cdiv(b * n, block_r), triton.cdiv(d, block_d))
-    _restore_fwd_kernel[grid](
-        x_kept, ids_restore, mask_token.reshape(d), pos_arg, out, b * n, n, k, d,
-        HAS_POS=pos is not None, EMULATE=INTERPRETED, BLOCK_R=block_r, BLOCK_D=block_d,
-        num_warps=4,
-    )  # fmt: skip
+    with device_guard(x_kept.device):
+        launch(_restore_fwd_kernel)[grid](
+            x_kept, ids_restore, mask_token.reshape(d), pos_arg, out, b * n, n, k, d,
+            HAS_POS=pos is not None, EMULATE=INTERPRETED, BLOCK_R=block_r, BLOCK_D=block_d,
+            num_warps=4,
+        )  # fmt: skip
     return out
 
 
@@ -169,33 +176,34 @@ def restore_tokens_bwd(grad: Tensor, ids_restore: Tensor, n_keep: int) -> tuple[
     dtoken = torch.empty(row_blocks, d, dtype=torch.float32, device=grad.device)
     if b * n == 0:
         return dx, dtoken.sum(0)
-    _restore_bwd_kernel[(row_blocks, triton.cdiv(d, block_d))](
-        grad, ids_restore.contiguous(), dx, dtoken, b * n, n, n_keep, d,
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
-    )  # fmt: skip
+    with device_guard(grad.device):
+        launch(_restore_bwd_kernel)[(row_blocks, triton.cdiv(d, block_d))](
+            grad, ids_restore.contiguous(), dx, dtoken, b * n, n, n_keep, d,
+            BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
+        )  # fmt: skip
     return dx, dtoken.sum(0)
 
 
-@torch.library.custom_op("fastspec::restore_tokens", mutates_args=())
+@kernel_op("fastspec::restore_tokens")
 def _restore_op(
     x_kept: Tensor, ids_restore: Tensor, mask_token: Tensor, pos: Tensor | None
 ) -> Tensor:
     return restore_tokens_fwd(x_kept, ids_restore, mask_token, pos)
 
 
-@_restore_op.register_fake
+@fake_for(_restore_op)
 def _(x_kept, ids_restore, mask_token, pos):
     out_dtype = x_kept.dtype if pos is None else torch.promote_types(x_kept.dtype, pos.dtype)
     b, _, d = x_kept.shape
     return x_kept.new_empty(b, ids_restore.shape[1], d, dtype=out_dtype)
 
 
-@torch.library.custom_op("fastspec::restore_tokens_bwd", mutates_args=())
+@kernel_op("fastspec::restore_tokens_bwd")
 def _restore_bwd_op(grad: Tensor, ids_restore: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
     return restore_tokens_bwd(grad, ids_restore, n_keep)
 
 
-@_restore_bwd_op.register_fake
+@fake_for(_restore_bwd_op)
 def _(grad, ids_restore, n_keep):
     b, _, d = grad.shape
     return grad.new_empty(b, n_keep, d), grad.new_empty(d, dtype=torch.float32)

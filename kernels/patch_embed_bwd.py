@@ -20,9 +20,28 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .patch_embed import INTERPRETED, _blocks, _cast, _dot, _dot_args, _patch_addresses
+from ._utils import (
+    INTERPRETED,
+    cast_rne,
+    device_guard,
+    dot_rounded,
+    embed_blocks,
+    embed_launch_args,
+    fake_for,
+    ids_or,
+    kept_tokens,
+    kernel_op,
+    launch,
+    load_tile,
+    patch_bins,
+)
 
-__all__ = ["INTERPRETED", "embed_kept_patches_bwd_mel", "embed_kept_patches_bwd_weight"]
+__all__ = [
+    "embed_bwd_mel_op",
+    "embed_bwd_weight_op",
+    "embed_kept_patches_bwd_mel",
+    "embed_kept_patches_bwd_weight",
+]
 
 
 @triton.jit(do_not_specialize=["n_tokens", "n_keep", "tokens_per_split"])
@@ -59,24 +78,20 @@ def _embed_bwd_weight_kernel(
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     d_ok = d < dim
     p_ok = p < P
-    bins = (p // PF) * stride_mt + (p % PF) * stride_mf  # [BLOCK_P]
+    bins = patch_bins(p, stride_mt, stride_mf, PF)  # [BLOCK_P]
     acc = tl.zeros([BLOCK_D, BLOCK_P], tl.float32)
     acc_b = tl.zeros([BLOCK_D], tl.float32)
     start = split * tokens_per_split
     for m0 in range(start, start + tokens_per_split, BLOCK_M):
-        m = m0 + tl.arange(0, BLOCK_M)
-        m_ok = m < n_tokens
-        base, n = _patch_addresses(
-            mel_ptr, ids_ptr, m, n_keep, f_patches, stride_mb, stride_mt, stride_mf, m_ok,
-            PT, PF, HAS_IDS,
+        m, m_ok, base, n = kept_tokens(
+            mel_ptr, stride_mb, stride_mt, stride_mf, ids_ptr, m0, n_tokens, n_keep, f_patches,
+            PT, PF, HAS_IDS, BLOCK_M,
         )  # fmt: skip
         a = tl.load(base[:, None] + bins[None, :], mask=m_ok[:, None] & p_ok[None, :], other=0.0)
-        g_t = tl.load(
-            grad_ptr + m[None, :].to(tl.int64) * dim + d[:, None],
-            mask=d_ok[:, None] & m_ok[None, :],
-            other=0.0,
-        )  # [BLOCK_D, BLOCK_M] = grad^T tile
-        acc = _dot(g_t, a, acc, COMPUTE, PRECISION, EMULATE)
+        g_t = load_tile(
+            grad_ptr, d, m.to(tl.int64), 1, dim, d_ok, m_ok
+        )  # [BLOCK_D, BLOCK_M] = grad^T
+        acc = dot_rounded(g_t, a, acc, COMPUTE, PRECISION, EMULATE)
         if HAS_BIAS:
             acc_b += tl.sum(g_t.to(tl.float32), 1)
     dw = dw_ptr + split.to(tl.int64) * dim * P + d[:, None] * P + p[None, :]
@@ -113,34 +128,25 @@ def _embed_bwd_mel_kernel(
     BLOCK_P: tl.constexpr,
 ):
     P: tl.constexpr = PT * PF
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    m_ok = m < n_tokens
-    p_ok = p < P
-    base, n = _patch_addresses(
-        dmel_ptr, ids_ptr, m, n_keep, f_patches, stride_mb, stride_mt, stride_mf, m_ok,
-        PT, PF, HAS_IDS,
+    # the same token block and patch addresses as the forward, in the mel gradient
+    m, m_ok, base, n = kept_tokens(
+        dmel_ptr, stride_mb, stride_mt, stride_mf, ids_ptr, tl.program_id(0) * BLOCK_M,
+        n_tokens, n_keep, f_patches, PT, PF, HAS_IDS, BLOCK_M,
     )  # fmt: skip
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < P
     acc = tl.zeros([BLOCK_M, BLOCK_P], tl.float32)
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_ok = d < dim
-        g = tl.load(
-            grad_ptr + m[:, None].to(tl.int64) * dim + d[None, :],
-            mask=m_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )  # [BLOCK_M, BLOCK_D]
-        w = tl.load(
-            w_ptr + d[:, None] * stride_wd + p[None, :] * stride_wp,
-            mask=d_ok[:, None] & p_ok[None, :],
-            other=0.0,
-        )  # [BLOCK_D, BLOCK_P]
-        acc = _dot(g, w, acc, COMPUTE, PRECISION, EMULATE)
-    bins = (p // PF) * stride_mt + (p % PF) * stride_mf
+        g = load_tile(grad_ptr, m.to(tl.int64), d, dim, 1, m_ok, d_ok)  # [BLOCK_M, BLOCK_D]
+        w = load_tile(w_ptr, d, p, stride_wd, stride_wp, d_ok, p_ok)  # [BLOCK_D, BLOCK_P]
+        acc = dot_rounded(g, w, acc, COMPUTE, PRECISION, EMULATE)
+    bins = patch_bins(p, stride_mt, stride_mf, PF)
     # kept patches of a row are distinct, so no two programs write the same bin
     tl.store(
         base[:, None] + bins[None, :],
-        _cast(acc, dmel_ptr.dtype.element_ty, EMULATE),
+        cast_rne(acc, dmel_ptr.dtype.element_ty, EMULATE),
         mask=m_ok[:, None] & p_ok[None, :],
     )
 
@@ -162,8 +168,8 @@ def embed_kept_patches_bwd_weight(
     patch_dim = patch_size[0] * patch_size[1]
     f_p = mel.shape[2] // patch_size[1]
     grad = grad.contiguous()
-    ids = ids_keep.contiguous() if ids_keep is not None else None
-    block_m, block_d, block_p, num_warps = _blocks(dim, patch_dim, weight_grad=True)
+    blocks = embed_blocks(dim, patch_dim, weight_grad=True)
+    block_m, block_d, block_p = blocks[:3]
     n_tokens = b * k
     tiles = triton.cdiv(dim, block_d) * triton.cdiv(patch_dim, block_p)
     # enough programs to fill a GPU (~4 per SM on 132 SMs), each reducing whole BLOCK_M chunks
@@ -175,13 +181,12 @@ def embed_kept_patches_bwd_weight(
     if n_tokens == 0:
         return dw.zero_().sum(0), db.zero_().sum(0)
     grid = (triton.cdiv(dim, block_d), triton.cdiv(patch_dim, block_p), splits)
-    _embed_bwd_weight_kernel[grid](
-        grad, mel, ids if ids is not None else grad, dw, db,
-        n_tokens, k, f_p, dim, per_split, *mel.stride(),
-        PT=patch_size[0], PF=patch_size[1], HAS_IDS=ids is not None, HAS_BIAS=with_bias,
-        **_dot_args(compute_dtype),
-        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=num_warps,
-    )  # fmt: skip
+    with device_guard(grad.device):
+        launch(_embed_bwd_weight_kernel)[grid](
+            grad, mel, ids_or(ids_keep, grad), dw, db,
+            n_tokens, k, f_p, dim, per_split, *mel.stride(), HAS_BIAS=with_bias,
+            **embed_launch_args(ids_keep, patch_size, compute_dtype, blocks),
+        )  # fmt: skip
     # a fixed-order sum over the split partials: deterministic, unlike float atomics
     return dw.sum(0), db.sum(0)
 
@@ -200,27 +205,25 @@ def embed_kept_patches_bwd_mel(
     patch_dim = patch_size[0] * patch_size[1]
     f_p = mel_shape[2] // patch_size[1]
     grad = grad.contiguous()
-    ids = ids_keep.contiguous() if ids_keep is not None else None
     dmel = torch.zeros(mel_shape, dtype=mel_dtype, device=grad.device)
     if b * k == 0:
         return dmel
-    block_m, block_d, block_p, num_warps = _blocks(dim, patch_dim)
-    grid = (triton.cdiv(b * k, block_m), triton.cdiv(patch_dim, block_p))
-    _embed_bwd_mel_kernel[grid](
-        grad, ids if ids is not None else grad, weight, dmel,
-        b * k, k, f_p, dim, *dmel.stride(), *weight.stride(),
-        PT=patch_size[0], PF=patch_size[1], HAS_IDS=ids is not None,
-        **_dot_args(compute_dtype),
-        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=num_warps,
-    )  # fmt: skip
+    blocks = embed_blocks(dim, patch_dim)
+    grid = (triton.cdiv(b * k, blocks[0]), triton.cdiv(patch_dim, blocks[2]))
+    with device_guard(grad.device):
+        launch(_embed_bwd_mel_kernel)[grid](
+            grad, ids_or(ids_keep, grad), weight, dmel,
+            b * k, k, f_p, dim, *dmel.stride(), *weight.stride(),
+            **embed_launch_args(ids_keep, patch_size, compute_dtype, blocks),
+        )  # fmt: skip
     return dmel
 
 
 # ---- torch library ops ------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastspec::embed_kept_patches_bwd_weight", mutates_args=())
-def _embed_bwd_weight_op(
+@kernel_op("fastspec::embed_kept_patches_bwd_weight")
+def embed_bwd_weight_op(
     grad: Tensor,
     mel: Tensor,
     ids_keep: Tensor | None,
@@ -235,14 +238,14 @@ def _embed_bwd_weight_op(
     )
 
 
-@_embed_bwd_weight_op.register_fake
+@fake_for(embed_bwd_weight_op)
 def _(grad, mel, ids_keep, pt, pf, dim, with_bias, compute_dtype):
     dw = grad.new_empty(dim, pt * pf, dtype=torch.float32)
     return dw, grad.new_empty(dim if with_bias else 0, dtype=torch.float32)
 
 
-@torch.library.custom_op("fastspec::embed_kept_patches_bwd_mel", mutates_args=())
-def _embed_bwd_mel_op(
+@kernel_op("fastspec::embed_kept_patches_bwd_mel")
+def embed_bwd_mel_op(
     grad: Tensor,
     ids_keep: Tensor | None,
     weight: Tensor,
@@ -256,6 +259,6 @@ def _embed_bwd_mel_op(
     )
 
 
-@_embed_bwd_mel_op.register_fake
+@fake_for(embed_bwd_mel_op)
 def _(grad, ids_keep, weight, mel_like, pt, pf, compute_dtype):
     return torch.empty_like(mel_like, memory_format=torch.contiguous_format)

@@ -20,17 +20,18 @@ from fastspec.cli import main
 from fastspec.encoder import export_encoder, load_encoder
 from fastspec.frontend import get_preset
 from fastspec.masking import sample_mask
-from fastspec.models import create_model
-from fastspec.recipes import build_recipe
+from fastspec.masking.time_span import overlap_span_counts
+from fastspec.models import create_model, sincos_2d
+from fastspec.recipes import build_recipe, encoder_options
 from fastspec.recipes.atst_clip import ATSTClip
-from fastspec.recipes.atst_frame import ATSTFrame, encode_with_mask_embedding, masked_token_ids
+from fastspec.recipes.atst_frame import ATSTFrame, masked_token_ids
 from fastspec.recipes.byol import whole_patch_frames
 from fastspec.recipes.heads import MLPHead
 from fastspec.recipes.teacher import ema_momentum
 from fastspec.train import apply_override, default_config, pretrain
+from fastspec.train.build import recipe_options
 from fastspec.train.checkpoint import list_checkpoints, load_checkpoint
 from fastspec.train.config import Config, ConfigError
-from fastspec.train.loop import recipe_options
 from fastspec.train.metrics import read_metrics
 
 HEADS = {"proj_hidden": 24, "proj_dim": 8, "memory_size": 8}
@@ -40,7 +41,7 @@ def tiny_encoder(seed=0):
     """A 2-block, 32-wide ViT on full-frequency 64 x 4 patches (ATST's token layout)."""
     torch.manual_seed(seed)
     return create_model(
-        "vit_mini_patch16", n_mels=64, patch_size=(4, 64), embed_dim=32, depth=2, num_heads=2
+        "vit_mini_patch16", n_mels=64, frame_tokens=4, embed_dim=32, depth=2, num_heads=2
     )
 
 
@@ -98,7 +99,7 @@ def vit_ref(encoder, mel, masked=None, mask_embed=None):
     x = torch.stack(patches) @ encoder.patch_embed.weight.T + encoder.patch_embed.bias
     if masked is not None:
         x = torch.where(masked[:, None], mask_embed, x)
-    x = x + encoder.position_embedding((t_p, f_p))
+    x = x + sincos_2d((t_p, f_p), encoder.embed_dim, dtype=x.dtype)
     x = torch.cat([encoder.cls_token[None], x])
     for block in encoder.blocks:
         x = x + attention_ref(block.attn, layer_norm_ref(x, block.norm1))
@@ -130,7 +131,7 @@ def byol_ref(p, z):
 def test_atst_input_is_64_mel_and_40_ms_full_frequency_tokens():
     preset = get_preset("atst")
     assert (preset.n_mels, preset.hop_length, preset.center) == (64, 160, True)
-    enc = create_model("vit_base_patch16", n_mels=64, patch_size=(4, 64), device="meta")
+    enc = create_model("vit_base_patch16", n_mels=64, frame_tokens=4, device="meta")
     # 10 s = 1001 frames, cut to 1000 = 250 tokens of 4 hops (40 ms); 6 s -> 600 -> 150 tokens
     assert whole_patch_frames(1001, 4) == 1000 and enc.grid(1000) == (250, 1)
     assert whole_patch_frames(601, 4) == 600 and enc.grid(600) == (150, 1)
@@ -148,7 +149,7 @@ def test_no_token_attends_to_padding(path):
     def run(x):
         if path == "forward_features":
             return enc.forward_features(x, token_lengths=token_lengths)
-        return encode_with_mask_embedding(enc, x, masked, embed, token_lengths)
+        return enc.forward_features(x, token_lengths=token_lengths, mask=masked, mask_embed=embed)
 
     batched = run(mel)
     for b in range(4):
@@ -175,7 +176,7 @@ def test_mask_embedding_path_without_a_mask_is_forward_features():
     lengths = torch.tensor([9, 4, 7])
     plain = enc.forward_features(mel, token_lengths=lengths)
     none = torch.zeros(3, 9, dtype=torch.bool)
-    ours = encode_with_mask_embedding(enc, mel, none, torch.randn(32), lengths)
+    ours = enc.forward_features(mel, token_lengths=lengths, mask=none, mask_embed=torch.randn(32))
     torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
 
 
@@ -303,7 +304,10 @@ def test_atst_frame_copies_share_one_crop_and_one_mask():
     mel, frame_lengths = padded_batch(4, 100, [100, 90, 50, 100])
     clean, augmented, lengths, mask, ids = recipe.make_views(mel.float(), None, frame_lengths)
     assert clean.shape == augmented.shape == (4, 80, 64) and mask.shape == (4, 20)
-    assert ids.shape == (4, recipe.n_masked) and recipe.n_masked == 20 - int(20 * 0.35)
+    # overlapping spans (the paper): M candidates = the larger span count x 5, as ids name them
+    assert ids.shape == (4, recipe.n_masked)
+    assert recipe.n_masked == 5 * overlap_span_counts(20, 0.65, 5, 2)[1]
+    assert (mask.sum(1) <= recipe.n_masked).all()
     for b in range(4):  # the clean copy is the crop itself
         hits = [s for s in range(21) if torch.equal(clean[b], mel[b, s : s + 80].float())]
         assert hits, b
@@ -388,19 +392,23 @@ def test_train_flops_match_the_flop_counter(name, options):
 def test_paper_and_demo_settings():
     frame = default_config("atst-frame", demo=False)
     assert (frame.frontend.preset, frame.frontend.n_mels) == ("atst", 64)
-    assert (frame.model.name, frame.model.patch_size) == ("vit_base_patch16", (4, 64))
+    # the 40 ms full-frequency tokens are the recipe's request to the encoder, not a user override
+    assert (frame.model.name, frame.model.patch_size) == ("vit_base_patch16", None)
+    assert encoder_options("atst-frame", **recipe_options(frame)) == {"frame_tokens": 4}
     assert (frame.masking.kind, frame.masking.ratio) == ("time_span", 0.65)
     assert frame.effective_batch == 864 and frame.atst.ema_momentum == 0.9996
     opts = recipe_options(frame)
     assert opts["crop_frames"] == 1001 and opts["mask_options"] == {
         "span_length": 5,
         "min_spans": 2,
+        "overlap": True,
     }
     clip = default_config("atst-clip", demo=False)
     assert clip.effective_batch == 1536 and clip.optim.blr == 2e-4
     assert recipe_options(clip)["crop_frames"] == 601 and "mask_kind" not in recipe_options(clip)
     demo = default_config("atst-clip", demo=True)
-    assert demo.model.patch_size == (4, 64) and demo.frontend.preset == "atst"
+    assert demo.model.patch_size is None and demo.frontend.preset == "atst"
+    assert encoder_options("atst-clip", **recipe_options(demo)) == {"frame_tokens": 4}
     # the config survives its JSON round trip (config.json, resume)
     assert Config.from_dict(json.loads(frame.to_json())) == frame
 
@@ -424,8 +432,6 @@ def test_atst_overrides_are_typed_and_checked():
 
 
 def test_atst_frame_refuses_what_it_cannot_train():
-    with pytest.raises(ValueError, match="needs a ViT"):
-        ATSTFrame(create_model("mast_mini", n_mels=64), crop_frames=128)
     with pytest.raises(ValueError, match="group"):
         ATSTFrame(tiny_encoder(), mask_kind="group")
 
@@ -488,7 +494,7 @@ def test_atst_frame_demo_run_learns(tmp_path):
     )
 
 
-def test_atst_clip_resumed_run_equals_the_uninterrupted_one(tmp_path):
+def test_atst_clip_resumed_run_equals_the_uninterrupted_one(tmp_path, same_state):
     """The mixup memory and the teacher are in the checkpoint: resuming changes nothing."""
     full = pretrain(small_run(tmp_path / "full", "atst-clip"))
     pretrain(small_run(tmp_path / "part", "atst-clip", **{"train.stop_after": 2}))
@@ -496,8 +502,7 @@ def test_atst_clip_resumed_run_equals_the_uninterrupted_one(tmp_path):
     a = load_checkpoint(list_checkpoints(full.run_dir)[-1][1])["model"]
     b = load_checkpoint(list_checkpoints(resumed.run_dir)[-1][1])["model"]
     assert any(k.startswith("memory.") for k in a) and any(k.startswith("teacher.") for k in a)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    same_state(a, b)
 
 
 def test_pretrain_atst_clip_on_a_folder_from_the_command_line(tmp_path, capsys):

@@ -25,7 +25,7 @@ def test_info_reports_versions_device_and_backends(capsys):
     assert "vit_base_patch16" in report["models"]
     assert main(["info"]) == 0
     text = capsys.readouterr().out
-    assert "backends:" in text and "attention" in text
+    assert "backends" in text and "attention" in text
 
 
 def _args(argv):
@@ -104,3 +104,42 @@ def test_pretrain_command_runs_and_prints_where_it_saved(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"saved to {out}" in printed and "load_encoder" in printed
     assert (out / "encoder.safetensors").is_file()
+
+
+def test_overrides_are_accepted_anywhere_among_the_flags(monkeypatch):
+    import fastspec.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_pretrain", lambda args: seen.update(vars(args)) or 0)
+    assert main(["pretrain", "optim.blr=1e-3", "--steps", "10", "masking.ratio=0.8"]) == 0
+    assert seen["steps"] == 10 and seen["overrides"] == ["optim.blr=1e-3", "masking.ratio=0.8"]
+    cfg = build_config(argparse_namespace(seen))
+    assert cfg.optim.blr == 1e-3 and cfg.masking.ratio == 0.8 and cfg.train.steps == 10
+    with pytest.raises(SystemExit):  # anything else still is an unrecognised argument
+        main(["pretrain", "optim.blr=1e-3", "--steps", "10", "--bogus"])
+
+
+def argparse_namespace(values):
+    import argparse
+
+    return argparse.Namespace(**values)
+
+
+def test_info_reads_as_a_report(capsys):
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # sections, then aligned columns: every backend row names its variable and a reason
+    assert lines[0] == "versions" and "device" in lines and "details" in lines
+    rows = [line for line in lines if "FASTSPEC_" in line and "choices:" not in line]
+    for variable in (
+        "FASTSPEC_PRECISION",
+        "FASTSPEC_FRONTEND_BACKEND",
+        "FASTSPEC_ATTENTION",
+        "FASTSPEC_MASKING",
+        "FASTSPEC_PATCH_EMBED",
+        "FASTSPEC_LOADER",
+    ):
+        assert any(variable in row for row in rows), variable
+    starts = {row.index("FASTSPEC_") for row in rows}
+    assert len(starts) == 1  # the variable column is aligned
+    assert not any(line.lstrip().startswith("{") for line in lines)  # not a dict dump

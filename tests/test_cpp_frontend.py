@@ -20,6 +20,7 @@ from fastspec.frontend import backend as backend_mod
 from fastspec.frontend import (
     backend_report,
     cpp,
+    cpp_ops,
     get_preset,
     logmel,
     logmel_reference,
@@ -203,38 +204,35 @@ def test_cpp_is_independent_of_the_thread_count(ext):
 
 def test_cpp_rejects_bad_inputs_naming_the_argument(ext):
     cfg = get_preset("kaldi")
-    with pytest.raises(ValueError, match=r"wave must be a CPU tensor \[B, S\], got \(2, 3, 4\)"):
-        cpp.logmel_cpp(torch.zeros(2, 3, 4), None, cfg)
-    with pytest.raises(ValueError, match=r"lengths must be an int tensor \[B=2\].*\(3,\)"):
-        cpp.logmel_cpp(torch.zeros(2, 1000), torch.tensor([1, 2, 3]), cfg)
+    with pytest.raises(
+        ValueError, match=r"wave must have shape \[B, S\] = \[\*, \*\], got \[2, 3, 4\]"
+    ):
+        cpp_ops.logmel_cpp(torch.zeros(2, 3, 4), None, cfg)
+    with pytest.raises(ValueError, match=r"lengths must have shape \[B\] = \[2\], got \[3\]"):
+        cpp_ops.logmel_cpp(torch.zeros(2, 1000), torch.tensor([1, 2, 3]), cfg)
+    with pytest.raises(ValueError, match=r"lengths must be int64, got float32"):
+        cpp_ops.logmel_cpp(torch.zeros(2, 1000), torch.tensor([1000.0, 1000.0]), cfg)
     with pytest.raises(ValueError, match=r"lengths\[1\]=1001 is outside \[0, S=1000\]"):
-        cpp.logmel_cpp(torch.zeros(2, 1000), torch.tensor([1000, 1001]), cfg)
-    with pytest.raises(ValueError, match="int32.*\\(2, 1000\\)"):
-        cpp.logmel_cpp(torch.zeros(2, 1000, dtype=torch.int32), None, cfg)
+        cpp_ops.logmel_cpp(torch.zeros(2, 1000), torch.tensor([1000, 1001]), cfg)
+    with pytest.raises(ValueError, match="wave must be float32, float64 or int16, got int32"):
+        cpp_ops.logmel_cpp(torch.zeros(2, 1000, dtype=torch.int32), None, cfg)
+    with pytest.raises(ValueError, match="wave cannot be read: Cannot pack tensors on meta"):
+        cpp_ops.logmel_cpp(torch.zeros(2, 1000, device="meta"), None, cfg)
     with pytest.raises(ValueError, match="n_fft=400 is not a power of two"):
-        cpp.logmel_cpp(torch.zeros(2, 1000), None, get_preset("kaldi", n_fft=400))
-    # the binding re-checks what the C++ relies on, naming the argument
-    with pytest.raises(ValueError, match="hop=0"):
-        ext.logmel(**{**_raw_args(), "hop": 0})
+        cpp_ops.logmel_cpp(torch.zeros(2, 1000), None, get_preset("kaldi", n_fft=400))
+    with pytest.raises(ValueError, match=r"resample: lengths must have shape \[B\] = \[2\]"):
+        cpp_ops.resample_cpp(torch.zeros(2, 1000), torch.tensor([5]), 44100, 16000)
 
 
-def _raw_args() -> dict:
-    """A valid keyword set for the binding (one empty clip, no frames)."""
-    plan = cpp._plan(get_preset("kaldi"))
-    lengths = torch.zeros(1, dtype=torch.int64)
-    _raw_args.keep = lengths  # keep the buffer alive while the pointer is used
+def _raw_args(batch: int = 2, num_samples: int = 1000) -> dict:
+    """A valid keyword set for the binding's logmel (Kaldi preset)."""
+    cfg = get_preset("kaldi")
+    n_frames = 1 + (num_samples - cfg.frame_length) // cfg.hop_length
     return dict(
-        wave=0,
-        wave_dtype=0,
-        batch=1,
-        num_samples=0,
-        stride_b=0,
-        lengths=lengths.data_ptr(),
-        out=0,
-        out_dtype=0,
-        n_frames=0,
-        window=plan["window"].data_ptr(),
-        frame_len=400,
+        wave=torch.zeros(batch, num_samples),
+        lengths=torch.full((batch,), num_samples, dtype=torch.int64),
+        out=torch.empty(batch, n_frames, cfg.n_mels),
+        **cpp_ops._plan(cfg),
         n_fft=512,
         hop=160,
         center=False,
@@ -242,19 +240,113 @@ def _raw_args() -> dict:
         remove_dc=True,
         preemph=0.97,
         power_one=False,
-        n_mels=128,
-        mel_start=plan["mel_start"].data_ptr(),
-        mel_offset=plan["mel_offset"].data_ptr(),
-        mel_weight=plan["mel_weight"].data_ptr(),
         log_floor=1e-7,
         log_mult=1.0,
-        has_top_db=False,
-        top_db=0.0,
+        top_db=None,
         norm_mul=1.0,
         norm_add=0.0,
         check_finite=True,
         n_threads=1,
     )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"hop": 0}, r"logmel: hop=0 must be >= 1"),
+        # shapes: the binding derives B, S, T and n_mels from the tensors and checks the others
+        (
+            {"out": torch.empty(2, 4, 64)},
+            r"out must have shape \[B, T, n_mels\] = \[2, 4, 128\], got \[2, 4, 64\]",
+        ),
+        (
+            {"out": torch.empty(2, 5, 128)},
+            r"out must have shape \[B, T, n_mels\] = \[2, 4, 128\], got \[2, 5, 128\]",
+        ),
+        (
+            {"lengths": torch.zeros(3, dtype=torch.int64)},
+            r"lengths must have shape \[B\] = \[2\], got \[3\]",
+        ),
+        (
+            {"mel_offset": torch.zeros(128, dtype=torch.int32)},
+            r"mel_offset must have shape \[n_mels \+ 1\] = \[129\], got \[128\]",
+        ),
+        (
+            {"mel_weight": torch.zeros(5)},
+            r"mel_offset\[n_mels\]=\d+ must equal the length of mel_weight, 5",
+        ),
+        # dtypes
+        ({"mel_start": torch.zeros(128, dtype=torch.int64)}, r"mel_start must be int32, got int64"),
+        (
+            {"out": torch.empty(2, 4, 128, dtype=torch.float16)},
+            r"out must be float32 or bfloat16, got float16",
+        ),
+        ({"window": torch.zeros(400, dtype=torch.float64)}, r"window must be float32, got float64"),
+        # strides: an expanded batch aliases its rows, a transposed output is not row-major
+        (
+            {"wave": torch.zeros(1, 1000).expand(2, 1000)},
+            r"wave must have contiguous, non-overlapping rows, got strides \[0, 1\]",
+        ),
+        (
+            {"out": torch.empty(2, 128, 4).transpose(1, 2)},
+            r"out must be contiguous, got strides \[512, 1, 4\]",
+        ),
+        ({"window": torch.zeros(800)[::2]}, r"window must be contiguous, got strides \[2\]"),
+        # not a tensor at all, or one the C++ cannot read
+        (
+            {"wave": [[0.0] * 1000] * 2},
+            r"wave must be a tensor \(an object with __dlpack__\), got list",
+        ),
+        (
+            {"out": torch.empty(2, 4, 128, requires_grad=True)},
+            r"out cannot be read: .*require gradient",
+        ),
+    ],
+    ids=[
+        "hop",
+        "out-n_mels",
+        "out-frames",
+        "lengths-batch",
+        "mel_offset-shape",
+        "mel_weight-nnz",
+        "mel_start-dtype",
+        "out-dtype",
+        "window-dtype",
+        "wave-expanded",
+        "out-transposed",
+        "window-strided",
+        "wave-list",
+        "out-requires-grad",
+    ],
+)
+def test_the_binding_checks_every_tensor_at_the_boundary(ext, change, message):
+    with pytest.raises(ValueError, match=message):
+        ext.logmel(**{**_raw_args(), **change})
+    ext.logmel(**_raw_args())  # the unchanged set is accepted
+
+
+def test_the_binding_refuses_a_non_cpu_tensor(ext):
+    """A CUDA (or any non-CPU) tensor is named with its device, never dereferenced. Without a
+    GPU, a DLPack producer that reports device type 2 (CUDA) stands in for one."""
+
+    class OnCuda:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def __dlpack__(self):
+            capsule = self.tensor.__dlpack__()
+            # patch the device field of the DLTensor in the capsule (offset: data pointer)
+            import ctypes
+
+            get = ctypes.pythonapi.PyCapsule_GetPointer
+            get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+            address = get(capsule, b"dltensor")
+            device = (ctypes.c_int32 * 2).from_address(address + ctypes.sizeof(ctypes.c_void_p))
+            device[0], device[1] = 2, 1
+            return capsule
+
+    with pytest.raises(ValueError, match=r"logmel: wave must be a CPU tensor, got one on cuda:1"):
+        ext.logmel(**{**_raw_args(), "wave": OnCuda(torch.zeros(2, 1000))})
 
 
 def test_cpp_falls_back_to_torch_for_a_non_power_of_two_fft(ext):

@@ -10,7 +10,6 @@ import logging
 import pickle
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -30,8 +29,8 @@ from fastspec.data import (
     open_source,
     probe_audio,
     read_audio,
-    resample,
 )
+from fastspec.frontend.polyphase import resample
 
 SR = 16000
 
@@ -97,12 +96,8 @@ def test_demo_corpus_is_deterministic_and_varied():
     assert centroids.max() / centroids.min() > 4
 
 
-def test_demo_corpus_generation_is_fast():
-    corpus = DemoCorpus()  # the default: 384 clips of 2 s at 16 kHz
-    start = time.process_time()  # CPU time: robust to other processes sharing the 2 cores
-    for i in range(len(corpus)):
-        corpus.load(i)
-    assert time.process_time() - start < 1.0
+# the demo corpus's generation speed is a benchmark (benchmarks/bench_data.py::
+# test_demo_corpus_generation), not a timed assertion
 
 
 def test_open_source_none_gives_demo_corpus_with_options():
@@ -681,7 +676,7 @@ def test_torch_is_chosen_without_dali_and_dali_is_then_an_error(monkeypatch, tmp
     ]
     with pytest.raises(DataError, match="DALI is not installed"):
         resolve_loader("dali", dataset.source)
-    with pytest.raises(ValueError, match="loader must be one of"):
+    with pytest.raises(ValueError, match="unknown data loader backend .fast.; choose one of"):
         resolve_loader("fast", dataset.source)
     # the environment variable wins over the argument, as for the front end
     monkeypatch.setenv("FASTSPEC_LOADER", "torch")

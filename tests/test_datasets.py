@@ -72,6 +72,8 @@ def test_esc50_folds_labels_and_names(esc50):
         open_esc50(esc50, folds=6)
     with pytest.raises(DataError, match="unknown option 'fold'"):
         open_source(f"esc50:{esc50}?fold=1")
+    with pytest.raises(DataError, match=r"folds must be integers .* got '1,a'"):
+        open_source(f"esc50:{esc50}?folds=1,a")
 
 
 # --------------------------------------------------------------------------- Speech Commands

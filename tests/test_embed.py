@@ -11,10 +11,10 @@ import soundfile as sf
 import torch
 
 from fastspec.cli import main
-from fastspec.data.resample import resample
 from fastspec.encoder import export_encoder, load_encoder
 from fastspec.evaluate import open_inputs, write_embeddings
 from fastspec.frontend import get_preset
+from fastspec.frontend.polyphase import resample
 from fastspec.models import create_model
 
 

@@ -76,8 +76,13 @@ def test_scene_embeddings(model, seconds):
     audio = _noise(4, seconds, model.sample_rate, seed=1)
     scene = hear.get_scene_embeddings(audio, model)
     assert scene.dtype == torch.float32 and scene.shape == (4, model.scene_embedding_size)
-    with torch.no_grad():
-        torch.testing.assert_close(scene, model.encoder(audio))
+    # the scene embedding is the mean of the clip's patch tokens: computed here a second way,
+    # from the per-time-step frame embeddings (each the mean of its frequency tokens) of one
+    # sound at a time, so neither the clip pooling nor the batching is checked against itself
+    for i in range(4):
+        with torch.no_grad():
+            frames, _ = model.encoder.frames(audio[i : i + 1])
+        torch.testing.assert_close(scene[i], frames[0].mean(0), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(scene[0], scene[1])  # different sounds, different embeddings
 
 
@@ -137,3 +142,49 @@ def test_cuda_outputs_follow_the_audio(model_dir):
     emb, ts = hear.get_timestamp_embeddings(audio, gpu)
     scene = hear.get_scene_embeddings(audio, gpu)
     assert emb.is_cuda and ts.is_cuda and scene.is_cuda and emb.dtype == torch.float32
+
+
+# ---- every encoder of the contract: MAST (pooled 2-D tokens) and ATST's frame-token layout -------
+
+
+@pytest.fixture(scope="module", params=["mast", "atst-mast", "atst-vit"])
+def other_model(request, tmp_path_factory):
+    """A MAST with its own 64 x 64 output tokens (640 ms: 16 passes of 40 ms), and the layout an
+    ATST recipe asks for (40 ms full-frequency tokens, one pass) on MAST and on a ViT."""
+    out = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    if request.param == "mast":
+        backbone, preset = create_model("mast_mini", n_mels=64), get_preset("kaldi", n_mels=64)
+    else:
+        name = "mast_mini" if request.param == "atst-mast" else "vit_mini_patch16"
+        backbone, preset = create_model(name, n_mels=64, frame_tokens=4), get_preset("atst")
+    export_encoder(backbone, preset, out)
+    return request.param, hear.load_model(str(out))
+
+
+@pytest.mark.parametrize("seconds", [1.07, 4.0])
+def test_hear_validator_checks_with_every_encoder_layout(other_model, seconds):
+    kind, model = other_model
+    assert model.hop_ms == 40.0 and model.n_shifts == (16 if kind == "mast" else 1)
+    audio = _noise(2, seconds, model.sample_rate)
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    assert emb.dtype == ts.dtype == torch.float32 and emb.shape[:2] == ts.shape
+    assert emb.shape[2] == model.timestamp_embedding_size and torch.isfinite(emb).all()
+    diff = np.diff(ts.numpy(), axis=1)
+    assert np.abs(diff - 40.0).max() < 1e-3
+    assert (
+        0 <= float(ts.min()) <= 40.0 and 1000 * seconds - 40.0 <= float(ts.max()) <= 1000 * seconds
+    )
+    scene = hear.get_scene_embeddings(audio, model)
+    assert scene.shape == (2, model.scene_embedding_size)
+    # the undelayed pass is the encoder's own frame embeddings, stamped at their centres
+    with torch.no_grad():
+        frames, centres = model.encoder.frames(audio)
+    hop = model.encoder.frames_per_token * model.encoder.frontend.hop_length
+    expected = 1000.0 * hop / model.sample_rate * torch.arange(centres.shape[1])
+    # a token's centre: the mean of its frames' centres (centred frames: frame k at 10 k ms)
+    torch.testing.assert_close(centres[0] - centres[0, 0], expected)
+    for t, centre in enumerate(centres[0].tolist()):
+        j = np.flatnonzero(np.isclose(ts[0].numpy(), centre))
+        if len(j):
+            torch.testing.assert_close(emb[:, int(j[0])], frames[:, t])

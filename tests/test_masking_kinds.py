@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from fastspec.kernels.masking_reference import compact_keep, rect_first_cover_ref
+from fastspec.kernels.masking_reference import rect_first_cover_ref
 
 from fastspec import _logging
 from fastspec.masking import MaskRng, apply_group_mask, list_mask_kinds, sample_mask
@@ -33,11 +33,11 @@ def _runs(row: torch.Tensor) -> list[int]:
     return (torch.nonzero(edges == -1)[:, 0] - torch.nonzero(edges == 1)[:, 0]).tolist()
 
 
-def _check_dropping_structure(m, n_keep):
+def _check_dropping_structure(m, n_keep, index_tensors):
     b, n = m.mask.shape
     assert m.n_keep == n_keep
     assert torch.equal(m.mask.sum(1), torch.full((b,), n - n_keep))
-    ids_keep, ids_restore = compact_keep(~m.mask, n_keep)
+    ids_keep, ids_restore = index_tensors(~m.mask)  # independent of the samplers' compact_keep
     assert torch.equal(m.ids_keep, ids_keep) and torch.equal(m.ids_restore, ids_restore)
 
 
@@ -54,7 +54,7 @@ def test_all_kinds_registered():
     [((64, 8), 0.8), ((13, 5), 0.5), ((25, 1), 0.65), ((3, 3), 0.0)],
     ids=["T64-F8-r0.8", "T13-F5-r0.5", "T25-F1-r0.65", "T3-F3-r0.0"],
 )
-def test_exact_keep_count(kind, grid, ratio):
+def test_exact_keep_count(kind, grid, ratio, index_tensors_by_sorting):
     opts = {"span_length": 1} if kind == "time_span" and grid == (3, 3) else {}
     m = sample_mask(kind, 16, grid, ratio, seed=0, **opts)
     n = grid[0] * grid[1]
@@ -63,7 +63,7 @@ def test_exact_keep_count(kind, grid, ratio):
         n_keep = (grid[0] - masked) * grid[1]
     else:
         n_keep = int(n * (1 - ratio))
-    _check_dropping_structure(m, n_keep)
+    _check_dropping_structure(m, n_keep, index_tensors_by_sorting)
 
 
 @pytest.mark.parametrize("kind", sorted(list_mask_kinds()))
@@ -154,10 +154,10 @@ def test_time_span_interior_is_unbiased():
 # ---- inverse_block (EAT) ------------------------------------------------------------------------
 
 
-def test_inverse_block_keeps_blocks():
+def test_inverse_block_keeps_blocks(index_tensors_by_sorting):
     grid, ratio, rows = (64, 8), 0.8, 64
     m = sample_mask("inverse_block", rows, grid, ratio, seed=4, block_size=5)
-    _check_dropping_structure(m, int(512 * 0.2))
+    _check_dropping_structure(m, int(512 * 0.2), index_tensors_by_sorting)
     keep = (~m.mask).view(rows, *grid).float()
     # kept tokens cluster: count kept 4-neighbours per kept token, against a random mask
     padded = torch.nn.functional.pad(keep, (1, 1, 1, 1))
@@ -175,22 +175,22 @@ def test_inverse_block_keeps_blocks():
     assert block_score > 2.0 > 1.0 > rand_score
 
 
-def test_inverse_block_with_one_block_short_falls_back_to_random_fill():
+def test_inverse_block_with_one_block_short_falls_back_to_random_fill(index_tensors_by_sorting):
     # max_blocks=1 cannot reach K = 50 with a 3x3 block: the rest is drawn uniformly, exactly
     m = sample_mask("inverse_block", 8, (10, 10), 0.5, seed=5, block_size=3, max_blocks=1)
-    _check_dropping_structure(m, 50)
+    _check_dropping_structure(m, 50, index_tensors_by_sorting)
 
 
 # ---- time_freq (SpecAugment stripes) ---------------------------------------------------------------
 
 
-def test_time_freq_masks_whole_stripes_but_one():
+def test_time_freq_masks_whole_stripes_but_one(index_tensors_by_sorting):
     grid, ratio, rows = (32, 8), 0.4, 64
     max_tw, max_fw = 4, 2
     m = sample_mask(
         "time_freq", rows, grid, ratio, seed=6, max_time_width=max_tw, max_freq_width=max_fw
     )
-    _check_dropping_structure(m, int(256 * 0.6))
+    _check_dropping_structure(m, int(256 * 0.6), index_tensors_by_sorting)
     masked = m.mask.view(rows, *grid)
     full_time = masked.all(2, keepdim=True)  # [B, T, 1] time steps masked across frequency
     full_freq = masked.all(1, keepdim=True)  # [B, 1, F] bins masked across time
@@ -200,9 +200,9 @@ def test_time_freq_masks_whole_stripes_but_one():
     assert full_time.any() and full_freq.any()
 
 
-def test_time_freq_on_full_frequency_patches_draws_time_stripes_only():
+def test_time_freq_on_full_frequency_patches_draws_time_stripes_only(index_tensors_by_sorting):
     m = sample_mask("time_freq", 16, (50, 1), 0.3, seed=7)
-    _check_dropping_structure(m, 35)
+    _check_dropping_structure(m, 35, index_tensors_by_sorting)
 
 
 # ---- group (ASiT's GMML) ------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_group_coverage_in_band(grid, patch, ratio, min_ratio):
         assert cover.std().item() > (ratio - low) / 6
 
 
-def test_group_patch_level_fields():
+def test_group_patch_level_fields(index_tensors_by_sorting):
     rows, grid, patch, ratio = 32, (8, 4), 4, 0.7
     m = sample_mask("group", rows, grid, ratio, seed=11, patch_size=patch, threshold=0.5)
     per_patch = m.spec_mask.view(rows, 8, 4, 4, 4).float().mean((2, 4)).view(rows, 32)
@@ -277,7 +277,7 @@ def test_group_patch_level_fields():
     assert bool(
         (m.coverage.masked_fill(~kept, -1).amax(1) <= m.coverage.masked_fill(kept, 2).amin(1)).all()
     )
-    ids_keep, ids_restore = compact_keep(kept, n_keep)
+    ids_keep, ids_restore = index_tensors_by_sorting(kept)
     assert torch.equal(m.ids_keep, ids_keep) and torch.equal(m.ids_restore, ids_restore)
 
 

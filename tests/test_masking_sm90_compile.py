@@ -29,9 +29,10 @@ from triton.compiler import ASTSource, compile
 
 from fastspec.kernels import masking as M, masking_restore as R, patch_embed as P
 from fastspec.kernels import patch_embed_bwd as PB
+from fastspec.kernels import _utils as U
 import torch
 
-assert not (M.INTERPRETED or P.INTERPRETED or PB.INTERPRETED or R.INTERPRETED)
+assert not (M.INTERPRETED or P.INTERPRETED or U.INTERPRETED or R.INTERPRETED)
 PTXAS = get_ptxas(90).path
 
 
@@ -77,9 +78,9 @@ build("rect_first_cover", M._rect_first_cover_kernel,
 # fused drop + embed, ViT-B/16: D = 768, P = 256; fp32 and bf16 (autocast) operands
 strides = {"stride_mb": I32, "stride_mt": I32, "stride_mf": I32}
 for compute in (torch.float32, torch.bfloat16):
-    dot = P._dot_args(compute)
+    dot = U.dot_args(compute)
     name = str(compute).split(".")[-1]
-    m, d, p, warps = P._blocks(768, 256)
+    m, d, p, warps = U.embed_blocks(768, 256)
     tiles = {"BLOCK_M": m, "BLOCK_D": d, "BLOCK_P": p}
     build(f"embed fwd {name}", P._embed_fwd_kernel,
           {"mel_ptr": "*fp32", "ids_ptr": "*i64", "w_ptr": "*fp32", "bias_ptr": "*fp32",
@@ -91,7 +92,7 @@ for compute in (torch.float32, torch.bfloat16):
            "n_tokens": I32, "n_keep": I32, "f_patches": I32, "dim": I32, **strides,
            "stride_wd": I32, "stride_wp": I32},
           {"PT": 16, "PF": 16, "HAS_IDS": True, **dot, **tiles}, warps)
-    m, d, p, warps = P._blocks(768, 256, weight_grad=True)
+    m, d, p, warps = U.embed_blocks(768, 256, weight_grad=True)
     build(f"embed bwd weight {name}", PB._embed_bwd_weight_kernel,
           {"grad_ptr": "*fp32", "mel_ptr": "*fp32", "ids_ptr": "*i64", "dw_ptr": "*fp32",
            "db_ptr": "*fp32", "n_tokens": I32, "n_keep": I32, "f_patches": I32, "dim": I32,

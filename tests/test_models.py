@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fastspec.kernels.masking_reference import gather_patches_ref
 
 from fastspec import _logging
 from fastspec.masking import gather_tokens, sample_mask
@@ -22,7 +23,6 @@ from fastspec.models import (
     registry,
     sincos_2d,
 )
-from fastspec.models import attention as attention_module
 from fastspec.models.attention import attention
 
 VIT_NAMES = [
@@ -183,7 +183,8 @@ def test_gathered_patches_equal_patchify_then_gather():
     mel = torch.randn(3, 21, 20)
     m = sample_mask("random", 3, model.grid(21), 0.6, seed=0)
     assert torch.equal(
-        model._gather_patches(mel, m.ids_keep), gather_tokens(model.patchify(mel), m.ids_keep)
+        gather_patches_ref(mel, m.ids_keep, model.patch_size),
+        gather_tokens(model.patchify(mel), m.ids_keep),
     )
 
 
@@ -277,7 +278,8 @@ def test_padding_content_is_invisible():
     noisy = mel.clone()
     noisy[0, 12:] = 1e3 * torch.randn(12, 20)  # clip 0 is valid for 3 time patches = 12 frames
     noisy[1, 20:] = 1e3 * torch.randn(4, 20)
-    pad = model.token_padding_mask(lengths, model.grid(24))
+    t_of_token = torch.arange(model.grid(24)[0]).repeat_interleave(model.grid(24)[1])
+    pad = t_of_token[None] >= lengths[:, None]  # [B, N] True = padding
     for ids_keep in (None, m.ids_keep):
         a, b = model(mel, ids_keep, lengths), model(noisy, ids_keep, lengths)
         valid = ~(pad if ids_keep is None else torch.gather(pad, 1, ids_keep))
@@ -389,11 +391,14 @@ def test_forced_flash_falls_back_with_notice(monkeypatch):
     assert any(key.startswith("attention.flash") for key in _logging.notices())
 
 
-def test_unknown_backend_request_falls_back(monkeypatch):
+def test_unknown_backend_request_is_an_error_listing_the_choices(monkeypatch):
     monkeypatch.setenv("FASTSPEC_ATTENTION", "xformers")
-    assert attention_backend("cpu") == "sdpa"
-    assert "attention.env.xformers" in _logging.notices()
-    assert attention_module._requested() == "auto"
+    with pytest.raises(ValueError, match="FASTSPEC_ATTENTION='xformers'.*auto, flash, sdpa"):
+        attention_backend("cpu")
+    q = torch.randn(1, 2, 5, 8)
+    with pytest.raises(ValueError, match="choose one of"):
+        attention(q, q, q)
+    assert attention_report()["backend"]["cpu"].startswith("error:")  # info still prints
 
 
 def test_attention_report_is_json_safe():

@@ -84,10 +84,11 @@ def _assert_close_as_torch(got, torch_same_dtype, ref, dtype):
 @pytest.mark.parametrize("b, t, f, patch, d, ratio", EMBED_CASES)
 def test_embed_forward_backward_fp32(b, t, f, patch, d, ratio):
     patch_embed, _ = _kernels()
-    mel, ids, weight, bias, pos = _embed_inputs(b, t, f, patch, d, ratio)
-    ids = ids.to(DEVICE) if ids is not None else None
+    mel, ids_cpu, weight, bias, pos = _embed_inputs(b, t, f, patch, d, ratio)
+    # the float64 reference runs on the CPU, with the CPU ids; the kernels get device copies
+    ids = ids_cpu.to(DEVICE) if ids_cpu is not None else None
     leaves64 = [x.clone().requires_grad_() for x in (mel, weight, bias)]
-    ref = embed_kept_patches_ref(leaves64[0], ids, leaves64[1], leaves64[2], pos, patch)
+    ref = embed_kept_patches_ref(leaves64[0], ids_cpu, leaves64[1], leaves64[2], pos, patch)
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref.backward(grad)
 
@@ -154,7 +155,9 @@ def test_embed_reads_strided_mel_and_skips_mel_grad():
 
 def test_embed_rejects_bad_shapes():
     patch_embed, _ = _kernels()
-    mel, ids, weight, bias, pos = _embed_inputs(2, 24, 20, (4, 4), 16, 0.5)
+    mel, ids, weight, bias, pos = (
+        x.to(DEVICE) for x in _embed_inputs(2, 24, 20, (4, 4), 16, 0.5)
+    )  # on the kernels' device, so only the shape checks can fail
     with pytest.raises(ValueError, match="pos"):
         patch_embed.embed_kept_patches(
             mel.float(), ids, weight.float(), None, pos[:3].float(), (4, 4)

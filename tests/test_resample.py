@@ -1,4 +1,4 @@
-"""fastspec.data.resample against scipy.signal.resample_poly and against the analytic signal.
+"""fastspec.frontend.polyphase (resampling) against scipy.signal.resample_poly and against the analytic signal.
 
 Tolerances. The resampler designs the same filter as scipy's default (Kaiser beta 5, 10 zero
 crossings), so the two differ only by rounding:
@@ -24,7 +24,7 @@ import pytest
 import torch
 from scipy import signal
 
-from fastspec.data import resample, resample_window, resampled_length
+from fastspec.frontend.polyphase import resample, resample_window, resampled_length
 
 RATE_PAIRS = [
     (8000, 16000),

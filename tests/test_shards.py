@@ -22,9 +22,9 @@ from fastspec.data import (
     expand_shard_pattern,
     make_loader,
     open_source,
-    resample,
     write_shards,
 )
+from fastspec.frontend.polyphase import resample
 
 SR = 16000
 LSB = 2.0**-15  # one 16-bit step
@@ -131,6 +131,13 @@ def test_labels_travel_through_shards(tmp_path):
     assert [shards.labels(i) for i in range(3)] == [(2,), (1,), (2, 0)]
     np.testing.assert_array_equal(shards.targets(), source.targets())
     assert stats.clips == 3
+    # a broken classes.json is named, not a JSON traceback
+    (tmp_path / "out" / "classes.json").write_text('["bird", "cat"')
+    with pytest.raises(DataError, match=r"cannot read .*classes\.json"):
+        open_source(tmp_path / "out")
+    (tmp_path / "out" / "classes.json").write_text('{"bird": 0}')
+    with pytest.raises(DataError, match=r"classes\.json must hold a JSON list of class names"):
+        open_source(tmp_path / "out")
 
 
 def test_cli_shard_command(folder, tmp_path, capsys):

@@ -12,8 +12,8 @@ from fastspec.models import create_model
 from fastspec.recipes.maskspec import MaskSpec
 from fastspec.train import ConfigError, NonFiniteLossError, apply_override, default_config, pretrain
 from fastspec.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from fastspec.train.loop import lr_at
 from fastspec.train.metrics import read_metrics
+from fastspec.train.schedule import lr_at
 
 
 def tiny_config(out, **overrides):
@@ -74,7 +74,7 @@ def test_demo_run_learns_and_fills_the_run_directory(tmp_path):
 
 
 @pytest.mark.parametrize("accum", [1, 2])
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, accum):
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, accum, same_state):
     opts = {"optim.accum_steps": accum, "optim.grad_clip": 1.0}
     full = pretrain(tiny_config(tmp_path / "full", **opts))
     part = tiny_config(tmp_path / "part", **opts, **{"train.stop_after": 3})
@@ -86,12 +86,31 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, acc
     step_a, state_a = recipe_state(full.run_dir)
     step_b, state_b = recipe_state(second.run_dir)
     assert step_a == step_b == 6
-    assert state_a.keys() == state_b.keys()
-    for key in state_a:
-        assert torch.equal(state_a[key], state_b[key]), key
+    same_state(state_a, state_b)
     # the metrics of the resumed run continue the first half without duplicates
     steps = [r["step"] for r in read_metrics(second.run_dir / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_stop_after_belongs_to_one_invocation(tmp_path, caplog):
+    """``--steps 6 train.stop_after=3`` then a plain ``--resume`` trains on to step 6 (the saved
+    config.json has no stop_after), and one more ``--resume`` says there is nothing left."""
+    from fastspec.cli import main
+
+    out = tmp_path / "run"
+    flags = ["pretrain", "--out", str(out), "--steps", "6", "--batch-size", "8", "--no-progress",
+             "--amp", "none", "data.demo_clips=48", "data.demo_clip_seconds=1.0",
+             "data.clip_seconds=1.0", "frontend.n_mels=64", "model.decoder_dim=64",
+             "model.decoder_depth=1", "train.ckpt_every=3", "optim.warmup_steps=2"]  # fmt: skip
+    assert main([*flags, "train.stop_after=3"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["stop_after"] is None
+    assert list_checkpoints(out)[-1][0] == 3
+    assert main([*flags, "--resume"]) == 0
+    assert list_checkpoints(out)[-1][0] == 6
+    caplog.clear()
+    assert main([*flags, "--resume"]) == 0
+    assert "nothing left to do" in caplog.text
+    assert list_checkpoints(out)[-1][0] == 6
 
 
 def test_resume_without_checkpoint_and_overwrite_are_refused(tmp_path):
@@ -200,13 +219,21 @@ def test_real_folder_trains_with_bad_files_skipped_and_counted(tmp_path, caplog)
     for i in range(6):
         _write_clip(data / f"a{i}.wav", 1.3, 16000, freq=200 + 50 * i)
     _write_clip(data / "sub" / "stereo.flac", 1.1, 22050, channels=2)
+    # found bad when the folder is opened (its header), and only when loaded (its samples: a
+    # good header, all zeros; sorted after the good files, so opening never decodes it)
     (data / "broken.wav").write_bytes(b"RIFF\x00\x00not really a wav file")
+    sf.write(data / "z_silent.wav", np.zeros(16000, np.float32), 16000)
     cfg = tiny_config(
         tmp_path / "run", **{"data.source": str(data), "train.steps": 2, "train.batch_size": 4}
     )
     result = pretrain(cfg)
     assert result.step == 2
-    assert "broken.wav" in caplog.text
+    assert "broken.wav" in caplog.text and "z_silent.wav: silent" in caplog.text
+    # counted: both steps draw all 8 files of epoch 0 (2 batches of 4), so the silent one is
+    # replaced within the run; the metrics count each unusable file once
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[-1]["skipped_files"] == 2
 
 
 def test_source_without_usable_audio_stops_before_training(tmp_path):
@@ -272,9 +299,7 @@ class _ProbeRecipe(torch.nn.Module):
         self.teacher_w = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
 
     def forward(self, mel, generator=None, frame_lengths=None):
-        from fastspec.models.vit import pad_frames
-
-        tokens = self.encoder.forward_features(pad_frames(mel, 16))
+        tokens = self.encoder.forward_features(self.encoder.pad_frames(mel))
         loss = self.head(tokens[:, 0]).pow(2).mean()
         return {"loss": loss, "probe_stat": torch.tensor(2.0, device=mel.device)}
 
@@ -293,15 +318,18 @@ class _ProbeRecipe(torch.nn.Module):
 
 
 def test_recipe_hooks_stats_and_weight_decay_schedule(tmp_path, caplog, monkeypatch):
-    from fastspec.recipes import _RECIPES, register_recipe
+    from fastspec.recipes import register_recipe, unregister_recipe
 
-    monkeypatch.setitem(_RECIPES, "probe", _RECIPES.get("probe"))  # removed again after the test
     register_recipe("probe", _ProbeRecipe)
     _ProbeRecipe.calls = []
-    cfg = tiny_config(tmp_path / "probe", **{"recipe": "probe", "train.steps": 4,
-                                             "train.log_every": 2, "train.ckpt_every": 4, "optim.weight_decay": 0.04,
-                                             "optim.weight_decay_end": 0.4})  # fmt: skip
-    result = pretrain(cfg)
+    try:
+        cfg = tiny_config(tmp_path / "probe", **{"recipe": "probe", "train.steps": 4,
+                                                 "train.log_every": 2, "train.ckpt_every": 4,
+                                                 "optim.weight_decay": 0.04,
+                                                 "optim.weight_decay_end": 0.4})  # fmt: skip
+        result = pretrain(cfg)
+    finally:
+        unregister_recipe("probe")
     assert _ProbeRecipe.calls == [(k, s, 4) for s in range(4) for k in ("before", "after")]
     records = read_metrics(result.run_dir / "metrics.jsonl")
     assert [r["probe_stat"] for r in records] == [2.0, 2.0]
@@ -311,7 +339,7 @@ def test_recipe_hooks_stats_and_weight_decay_schedule(tmp_path, caplog, monkeypa
 
 
 def test_weight_decay_schedule_is_a_cosine_to_the_end_value():
-    from fastspec.train.loop import weight_decay_at
+    from fastspec.train.schedule import weight_decay_at
 
     cfg = default_config()
     for key, value in {"train.steps": 11, "optim.weight_decay": 0.04,
@@ -327,13 +355,7 @@ def test_weight_decay_schedule_is_a_cosine_to_the_end_value():
 
 def test_maskspec_with_a_mast_encoder_trains_and_exports(tmp_path):
     from fastspec.encoder import load_encoder
-    from fastspec.recipes import MaskSpecMAST, build_recipe
 
-    assert isinstance(
-        build_recipe("maskspec", create_model("mast_mini", n_mels=64), decoder_dim=64,
-                     decoder_depth=1, decoder_heads=4),
-        MaskSpecMAST,
-    )  # fmt: skip
     cfg = tiny_config(tmp_path / "mast", **{"model.name": "mast_mini", "train.steps": 3})
     result = pretrain(cfg)
     assert result.step == 3 and math.isfinite(result.final_loss)

@@ -4,7 +4,8 @@
 folder; a CSV or JSON-lines manifest; WebDataset tar shards; ``esc50:``, ``speechcommands:`` or
 ``audioset:`` datasets). :class:`ClipDataset` turns a source into fixed-length clips at the
 model's sample rate, and :func:`build_loader` streams them as batches, with the DALI loader
-(:mod:`fastspec.data.dali`) or the torch loader (:func:`make_loader`)::
+(:mod:`fastspec.data.dali`) or the torch loader (:func:`make_loader`), both in the order of
+:class:`EpochBatchSampler` (:mod:`fastspec.data.sampler`)::
 
     {"wave": float32 [B, S] in [-1, 1], "lengths": int64 [B], "index": int64 [B],
      "skipped": list[(name, reason)]}
@@ -15,6 +16,7 @@ after a resume. :func:`write_shards` (``fastspec shard``) writes tar shards; the
 :class:`LabeledSource` objects for evaluation.
 """
 
+from fastspec.data._utils import summarize_skipped
 from fastspec.data.audio import (
     AudioInfo,
     BadAudioError,
@@ -24,32 +26,25 @@ from fastspec.data.audio import (
     probe_audio,
     read_audio,
 )
+from fastspec.data.clips import ClipDataset, collate_clips
 from fastspec.data.dali import DaliLoader, dali_available, dali_version
-from fastspec.data.dataset import ClipDataset, collate_clips
 from fastspec.data.datasets import open_audioset, open_dataset, open_esc50, open_speech_commands
-from fastspec.data.demo import DemoCorpus
+from fastspec.data.demo import DemoCorpus, DemoEvalSet
+from fastspec.data.files import FileSource, LabeledSource
 from fastspec.data.loader import (
     LOADERS,
     BatchIterator,
-    BatchStream,
-    EpochBatchSampler,
     build_loader,
     loader_report,
     make_loader,
     resolve_loader,
 )
-from fastspec.data.resample import resample, resample_window, resampled_length
-from fastspec.data.shards import ShardSource, ShardStats, expand_shard_pattern, write_shards
-from fastspec.data.sources import (
-    AudioSource,
-    CheckedSource,
-    ClipSpan,
-    FileSource,
-    LabeledSource,
-    ManifestRow,
-    open_source,
-    read_manifest,
-)
+from fastspec.data.manifest import ManifestRow, read_manifest
+from fastspec.data.sampler import BatchStream, EpochBatchSampler
+from fastspec.data.shard_reader import ShardSource, expand_shard_pattern
+from fastspec.data.shard_writer import ShardStats, write_shards
+from fastspec.data.sources import AudioSource, CheckedSource, ClipSpan
+from fastspec.data.spec import open_source
 
 __all__ = [
     "LOADERS",
@@ -64,6 +59,7 @@ __all__ = [
     "DaliLoader",
     "DataError",
     "DemoCorpus",
+    "DemoEvalSet",
     "EpochBatchSampler",
     "FileSource",
     "LabeledSource",
@@ -87,9 +83,7 @@ __all__ = [
     "probe_audio",
     "read_audio",
     "read_manifest",
-    "resample",
-    "resample_window",
-    "resampled_length",
     "resolve_loader",
+    "summarize_skipped",
     "write_shards",
 ]

@@ -41,9 +41,11 @@ __all__ = [
     "AudioInfo",
     "BadAudioError",
     "DataError",
+    "check_header",
     "decode_audio",
     "mixdown",
     "probe_audio",
+    "probe_audio_bytes",
     "read_audio",
 ]
 
@@ -157,7 +159,7 @@ def _info_from(header, path: str) -> AudioInfo:
     )
 
 
-def _check_header(info: AudioInfo, min_seconds: float) -> None:
+def check_header(info: AudioInfo, min_seconds: float) -> None:
     """The header-level checks shared by files on disk and files in memory."""
     path = info.path
     if info.sample_rate <= 0 or info.channels <= 0:
@@ -194,7 +196,7 @@ def probe_audio(path: str | os.PathLike, *, min_seconds: float = MIN_SECONDS) ->
         info = _info_from(sf.info(path), path)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise BadAudioError(path, f"unreadable: {_libsndfile_message(err)}") from None
-    _check_header(info, min_seconds)
+    check_header(info, min_seconds)
     if info.format in ("WAV", "WAVEX"):
         try:
             with open(path, "rb") as f:
@@ -220,7 +222,7 @@ def probe_audio_bytes(
         info = _info_from(sf.info(io.BytesIO(buffer)), name)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise BadAudioError(name, f"unreadable: {_libsndfile_message(err)}") from None
-    _check_header(info, min_seconds)
+    check_header(info, min_seconds)
     if info.format in ("WAV", "WAVEX"):
         shortfall = _wav_data_shortfall(io.BytesIO(buffer), buffer.nbytes)
         if shortfall is not None:
@@ -383,7 +385,7 @@ def decode_audio(
 
     channels, rate, offset, total = layout
     info = AudioInfo(name, total, rate, channels, "WAV", "PCM_16")
-    _check_header(info, min_seconds)
+    check_header(info, min_seconds)
     expected = _segment(info, start, frames)
     pcm = np.frombuffer(
         buffer, dtype="<i2", count=expected * channels, offset=offset + 2 * channels * start

@@ -11,8 +11,8 @@ the host by the code the torch loader runs, then handed to DALI through an exter
 DALI does the heavy, parallel part on its own threads: decode (WAV, FLAC, OGG; CPU), mixdown,
 the segment and crop slices with zero padding, the per-clip checks (sum for NaN/inf, peak for
 silence and scaling), and the copy to the GPU (the hand-off). Resampling is *not* done with
-DALI's resampler (a different filter than :func:`fastspec.data.resample`, so batches would
-differ): DALI delivers the input samples under the crop and :func:`fastspec.data.resample_window`
+DALI's resampler (a different filter than :func:`fastspec.frontend.resample`, so batches would
+differ): DALI delivers the input samples under the crop and :func:`fastspec.frontend.resample_window`
 runs on the batch's device after the hand-off, on exactly the input the torch loader resamples.
 
 Identical means: with a CPU pipeline (``device=None``), batches equal the torch loader's bit for
@@ -42,16 +42,16 @@ import torch
 
 from fastspec._logging import get_logger, notice_once
 from fastspec.data.audio import SILENCE_THRESHOLD, DataError
-from fastspec.data.dataset import ClipDataset
-from fastspec.data.loader import BatchStream, EpochBatchSampler
-from fastspec.data.resample import resample, resample_window, resampled_length
+from fastspec.data.clips import ClipDataset
+from fastspec.data.sampler import BatchStream, EpochBatchSampler
 from fastspec.data.sources import CheckedSource
+from fastspec.frontend.polyphase import resample, resample_window, resampled_length
 
 __all__ = ["DaliLoader", "dali_available", "dali_version"]
 
 _log = get_logger("fastspec.data")
 # Input samples kept on each side of a resampled crop, in zero crossings of the lower rate's
-# sinc. The resampler's filter reaches 10 (fastspec.data.resample.HALF_WIDTH); any margin at
+# sinc. The resampler's filter reaches 10 (fastspec.frontend.polyphase.HALF_WIDTH); any margin at
 # least that wide gives resample_window the same input, hence the same bits (see _input_span).
 _SPAN_ZERO_CROSSINGS = 32
 

@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fastspec.data._utils import scan_folder
 from fastspec.data.audio import MIN_SECONDS, DataError
-from fastspec.data.sources import LabeledSource, _scan_folder
+from fastspec.data.files import LabeledSource
 
 __all__ = ["open_audioset", "open_dataset", "open_esc50", "open_speech_commands"]
 
@@ -51,11 +52,17 @@ def _read_csv(path: Path, what: str, required: Iterable[str]) -> list[dict[str, 
 def _fold_list(folds: int | Iterable[int] | str | None) -> list[int]:
     if folds is None:
         return list(ESC50_FOLDS)
+    given = folds
     if isinstance(folds, str):
-        folds = [int(f) for f in folds.replace(" ", "").split(",") if f]
+        folds = [f for f in folds.replace(" ", "").split(",") if f]
     elif isinstance(folds, int):
         folds = [folds]
-    folds = sorted({int(f) for f in folds})
+    try:
+        folds = sorted({int(f) for f in folds})
+    except (TypeError, ValueError):
+        raise DataError(
+            f"ESC-50 folds must be integers among {ESC50_FOLDS} (e.g. folds=1,2), got {given!r}"
+        ) from None
     if not folds or any(f not in ESC50_FOLDS for f in folds):
         raise DataError(f"ESC-50 folds must be among {ESC50_FOLDS}, got {folds}")
     return folds
@@ -148,7 +155,7 @@ def open_speech_commands(
     }
     files, names, labels = [], [], []
     for k, keyword in enumerate(keywords):
-        for path in _scan_folder(root / keyword):
+        for path in scan_folder(root / keyword):
             name = path.relative_to(root).as_posix()
             if split == "train":
                 keep = name not in held_out["validation"] and name not in held_out["test"]
@@ -236,7 +243,7 @@ def open_audioset(
     if not audio_root.is_dir():
         raise DataError(f"AudioSet: audio folder {str(audio_root)!r} does not exist")
     by_id: dict[str, Path] = {}
-    for path in _scan_folder(audio_root):
+    for path in scan_folder(audio_root):
         for ytid in _ytid_candidates(path.name.split(".", 1)[0]):
             by_id.setdefault(ytid, path)
 

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-__all__ = ["DemoCorpus"]
+__all__ = ["EVENT_KINDS", "DemoCorpus", "DemoEvalSet", "add_event"]
 
 _TWO_PI = 2.0 * math.pi
 # Event families, in the order the generator draws them.
@@ -209,15 +209,95 @@ class DemoCorpus:
     def _generate(self, index: int) -> np.ndarray:
         # SeedSequence mixes the pair, so (seed, i) and (seed + 1, i - 1) are unrelated streams
         rng = np.random.default_rng([self.seed, index])
-        n, sr = self.clip_samples, self.sample_rate
-        clip = np.zeros(n, dtype=np.float32)
+        clip = np.zeros(self.clip_samples, dtype=np.float32)
         for _ in range(int(rng.integers(1, 4))):
-            generate = _GENERATORS[int(rng.integers(len(_GENERATORS)))]
-            length = max(int(0.1 * sr), int(rng.uniform(0.15, 1.0) * n))
-            onset = int(rng.integers(0, n - length + 1))
-            event = generate(rng, length, sr)
-            gain = np.float32(_log_uniform(rng, 0.3, 1.0) / (np.abs(event).max() + 1e-12))
-            clip[onset : onset + length] += gain * event
-        level = rng.uniform(0.1, 0.9)
-        clip *= np.float32(level / np.abs(clip).max())
-        return clip
+            add_event(rng, clip, int(rng.integers(len(_GENERATORS))), self.sample_rate)
+        return _normalise(rng, clip)
+
+
+def add_event(
+    rng: np.random.Generator, clip: np.ndarray, family: int, sample_rate: int, level: float = 1.0
+) -> None:
+    """Add one event of ``EVENT_KINDS[family]`` in place, 15-100 % of the clip long (at least
+    0.1 s) at a random onset, its peak at ``level`` times a log-uniform gain in [0.3, 1]."""
+    n, sr = clip.shape[0], sample_rate
+    length = max(int(0.1 * sr), int(rng.uniform(0.15, 1.0) * n))
+    onset = int(rng.integers(0, n - length + 1))
+    event = _GENERATORS[family](rng, length, sr)
+    gain = np.float32(level * _log_uniform(rng, 0.3, 1.0) / (np.abs(event).max() + 1e-12))
+    clip[onset : onset + length] += gain * event
+
+
+def _normalise(rng: np.random.Generator, clip: np.ndarray) -> np.ndarray:
+    """Peak-normalise ``clip`` in place to a random level in [0.1, 0.9]."""
+    level = rng.uniform(0.1, 0.9)
+    clip *= np.float32(level / np.abs(clip).max())
+    return clip
+
+
+class DemoEvalSet(DemoCorpus):
+    """A labelled evaluation set drawn from the demo generator's own sound families.
+
+    Clip ``i`` holds one event of family ``EVENT_KINDS[i % 6]`` (so the classes are balanced)
+    over a quieter background event of another family, ``background`` times the level (0: none),
+    and is labelled with the first family. Its random stream is ``(seed, i, 1)``: a sequence
+    of a different length from the pretraining corpus' ``(seed, i)``, so no evaluation clip
+    is ever a pretraining clip, whatever the seeds. The interface is that of a labelled source
+    (:class:`fastspec.data.LabeledSource`): ``class_names``, ``labels(i)``, ``label(i)``,
+    ``targets()``, ``multilabel``.
+
+    Args:
+        num_clips, sample_rate, clip_seconds, seed: as :class:`DemoCorpus`.
+        background: level of the background event relative to the labelled one, in [0, 1).
+    """
+
+    labeled = True
+    multilabel = False
+
+    def __init__(
+        self,
+        num_clips: int = 240,
+        sample_rate: int = 16000,
+        clip_seconds: float = 2.0,
+        seed: int = 0,
+        background: float = 0.3,
+    ):
+        super().__init__(num_clips, sample_rate, clip_seconds, seed)
+        if not 0.0 <= background < 1.0:
+            raise ValueError(f"background must be in [0, 1), got {background}")
+        self.background = float(background)
+        self.class_names = list(EVENT_KINDS)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("DemoCorpus(", "DemoEvalSet(")[:-1] + (
+            f", background={self.background:g})"
+        )
+
+    def name(self, index: int) -> str:
+        return (
+            f"demo-eval-{self.seed}-{self._check(index):05d}-{self.class_names[self.label(index)]}"
+        )
+
+    def label(self, index: int) -> int:
+        """Class index (into ``class_names``) of clip ``index``."""
+        return self._check(index) % len(EVENT_KINDS)
+
+    def labels(self, index: int) -> tuple[int, ...]:
+        return (self.label(index),)
+
+    def targets(self) -> np.ndarray:
+        """float32 [N, C] one-hot targets."""
+        out = np.zeros((self.num_clips, len(EVENT_KINDS)), dtype=np.float32)
+        out[np.arange(self.num_clips), np.arange(self.num_clips) % len(EVENT_KINDS)] = 1.0
+        return out
+
+    def _generate(self, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, index, 1])
+        family = self.label(index)
+        clip = np.zeros(self.clip_samples, dtype=np.float32)
+        add_event(rng, clip, family, self.sample_rate)
+        if self.background > 0:
+            # a different family: the label stays unambiguous
+            other = (family + 1 + int(rng.integers(len(EVENT_KINDS) - 1))) % len(EVENT_KINDS)
+            add_event(rng, clip, other, self.sample_rate, level=self.background)
+        return _normalise(rng, clip)

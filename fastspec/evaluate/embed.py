@@ -89,7 +89,7 @@ def write_embeddings(
     t0 = time.perf_counter()
     out = Path(out_dir)
     (out / "frames" if frames else out).mkdir(parents=True, exist_ok=True)
-    n, dim = len(table), encoder.embed_dim
+    n, dim = len(table), encoder.pooled_dim
     clip_emb = np.zeros((n, dim), dtype=np.float32)  # input order; compacted at the end
     n_frames = np.zeros(n, dtype=np.int64)
     valid = np.zeros(n, dtype=bool)
@@ -110,6 +110,9 @@ def write_embeddings(
             # the clip embedding is the mean of the clip's valid frame embeddings (each frame
             # is the mean of its F_p tokens, so this is the mean of all its patch tokens)
             pooled = emb.float().sum(dim=1) / counts[:, None]
+            if encoder.global_pool != "avg":  # class token or ATST features: a pass of their own
+                with autocast(device, amp):
+                    pooled = encoder.embed(wave, lengths).float()
             # host sync: results go to files, once per batch
             emb, pooled, counts = emb.float().cpu().numpy(), pooled.cpu().numpy(), counts.cpu()
             for row, index in enumerate(batch.indices):

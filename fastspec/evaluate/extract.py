@@ -142,13 +142,11 @@ def logmel_stats(frontend) -> Embedder:
 
 
 def encoder_embedder(encoder: Encoder) -> Embedder:
-    """Clip embeddings [B, D] of ``encoder`` (its pooled features, whatever head it has)."""
+    """Clip embeddings [B, D] of ``encoder`` (its pooled features by its ``global_pool``,
+    whatever head it has)."""
 
     def embed(wave: Tensor, lengths: Tensor) -> Tensor:
-        tokens = encoder.forward_features(wave, lengths)
-        return encoder.forward_head(
-            tokens, pre_logits=True, token_lengths=encoder.frame_lengths(lengths)
-        )
+        return encoder.embed(wave, lengths)
 
     return embed
 

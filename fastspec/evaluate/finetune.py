@@ -27,7 +27,14 @@ from fastspec.evaluate.extract import autocast, clip_batches
 from fastspec.evaluate.metrics import accuracy, mean_average_precision
 from fastspec.evaluate.tasks import Split, Task
 
-__all__ = ["FinetuneResult", "FinetuneSettings", "fine_tune", "predict"]
+__all__ = [
+    "FinetuneResult",
+    "FinetuneSettings",
+    "fine_tune",
+    "predict",
+    "random_crop",
+    "task_metric",
+]
 
 _log = get_logger("fastspec.evaluate")
 
@@ -136,10 +143,26 @@ def predict(
     return scores
 
 
-def _metric(task: Task, scores: np.ndarray, indices: np.ndarray) -> float:
+def task_metric(task: Task, scores: np.ndarray, indices: np.ndarray) -> float:
+    """The task's headline metric (mAP or accuracy) of ``scores`` on clips ``indices``."""
     if task.multilabel:
         return mean_average_precision(scores, task.targets[indices])
     return accuracy(scores, task.targets[indices])
+
+
+def random_crop(crop: int, seed: int, epoch: int) -> Callable[[int, np.ndarray], np.ndarray]:
+    """A ``clip_batches`` transform: clips longer than ``crop`` samples are cut at a random
+    offset, shorter ones kept whole."""
+
+    def apply(index: int, wave: np.ndarray) -> np.ndarray:
+        if wave.shape[0] <= crop:
+            return wave
+        # the offset depends on (seed, epoch, clip) only: reproducible with any thread count
+        rng = np.random.default_rng((seed, epoch, index))
+        start = int(rng.integers(0, wave.shape[0] - crop + 1))
+        return wave[start : start + crop]
+
+    return apply
 
 
 def fine_tune(
@@ -170,17 +193,6 @@ def fine_tune(
     total, warmup = s.epochs * steps_per_epoch, round(s.warmup_epochs * steps_per_epoch)
     targets = torch.from_numpy(task.targets)
 
-    def random_crop(epoch: int):
-        def apply(index: int, wave: np.ndarray) -> np.ndarray:
-            if wave.shape[0] <= crop:
-                return wave
-            # the offset depends on (seed, epoch, clip) only: reproducible with any thread count
-            rng = np.random.default_rng((s.seed, epoch, index))
-            start = int(rng.integers(0, wave.shape[0] - crop + 1))
-            return wave[start : start + crop]
-
-        return apply
-
     step, best, best_state, best_epoch = 0, None, None, s.epochs
     result = FinetuneResult(np.zeros(0), s.epochs)
     for epoch in range(s.epochs):
@@ -195,7 +207,7 @@ def fine_tune(
             s.batch_size,
             workers,
             sort_by_length=False,
-            transform=random_crop(epoch),
+            transform=random_crop(crop, s.seed, epoch),
         )
         for batch in batches:
             if not batch.indices:
@@ -228,7 +240,7 @@ def fine_tune(
                 workers=workers,
                 amp=amp,
             )
-            value = _metric(task, val_scores, split.val)
+            value = task_metric(task, val_scores, split.val)
             result.val_metric.append(value)
             message += f", val {task.metric} {value:.4f}"
             if best is None or value > best:

@@ -69,6 +69,11 @@ class EvalSettings:
     """L-BFGS iterations per probe fit."""
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     """The fine-tuning schedule."""
+    pooling: str = "avg"
+    """Clip embeddings of the encoder and the random baseline for the linear probe: ``avg``,
+    ``token`` or ``atst`` (class token + mean of the last blocks, ATST's linear evaluation)."""
+    last_blocks: int = 1
+    """Blocks pooled by ``atst`` pooling."""
 
     def __post_init__(self):
         self.modes = tuple(self.modes)
@@ -202,6 +207,7 @@ def random_encoder(encoder: Encoder, seed: int) -> Encoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = Encoder(encoder.frontend_config.to_dict(), encoder.model_name, encoder.model_config)
+    fresh.global_pool, fresh.last_blocks = encoder.global_pool, encoder.last_blocks
     return fresh.to(encoder.device).eval()
 
 
@@ -218,7 +224,9 @@ def evaluate(
     s = settings or EvalSettings()
     t_start = time.perf_counter()
     device = resolve_device(s.device)
-    encoder = load_encoder(encoder_path, device=device)
+    encoder = load_encoder(
+        encoder_path, device=device, pooling=s.pooling, last_blocks=s.last_blocks
+    )
     labels = {
         "fastspec": f"fastspec {encoder.model_name}",
         "random": "random init, same architecture",
@@ -325,6 +333,8 @@ def evaluate(
             "path": str(encoder_path),
             "model_name": encoder.model_name,
             "embed_dim": encoder.embed_dim,
+            "pooling": encoder.global_pool,
+            "pooled_dim": encoder.pooled_dim,
             "sample_rate": encoder.sample_rate,
             "parameters": sum(p.numel() for p in encoder.backbone.parameters()),
         },

@@ -13,6 +13,9 @@
                                           ``validation`` optional)
 ``ROOT/<class>/...``                      folder-per-class, stratified k-fold CV
 ``labels.csv`` / ``.jsonl`` (``label``)     k-fold CV, or train / ``--test-data``
+``demo`` / ``demo:N?seed=S&seconds=T``    the demo generator's six sound families (N clips,
+                                          default 360, never pretraining clips:
+                                          :class:`~fastspec.data.DemoEvalSet`), k-fold CV
 ========================================  ===============================================
 
 Every clip of every split is listed once in a :class:`ClipTable`, so embeddings are computed
@@ -22,7 +25,6 @@ once per clip whatever the number of folds; a :class:`Split` holds indices into 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,23 +33,21 @@ import numpy as np
 
 from fastspec.data import (
     DataError,
+    DemoCorpus,
+    DemoEvalSet,
     LabeledSource,
     open_esc50,
     open_source,
     open_speech_commands,
 )
-from fastspec.data.audio import AUDIO_EXTENSIONS, MIN_SECONDS
-from fastspec.data.resample import resample
+from fastspec.data.audio import MIN_SECONDS
+from fastspec.data.demo import EVENT_KINDS
+from fastspec.evaluate.folders import open_class_folders, split_folders
+from fastspec.frontend.polyphase import resample
 
 __all__ = ["ClipTable", "Split", "Task", "open_class_folders", "open_labeled", "open_task"]
 
 DATASET_KINDS = ("esc50", "speechcommands", "audioset")
-# folder names read as the splits of a folder-per-class dataset
-SPLIT_FOLDERS = {
-    "train": ("train", "training"),
-    "val": ("val", "valid", "validation", "dev"),
-    "test": ("test", "testing", "eval", "evaluation"),
-}
 
 
 class ClipTable:
@@ -91,7 +91,10 @@ class ClipTable:
     def seconds(self, index: int) -> float:
         """Length from the file header (nothing decoded); used to batch similar lengths."""
         s, i = self._where[index]
-        span = self.sources[s].span(i)
+        source = self.sources[s]
+        if isinstance(source, DemoCorpus):  # generated: every clip has the corpus' length
+            return source.clip_seconds
+        span = source.span(i)
         return span.frames / span.sample_rate
 
     def load(self, index: int, sample_rate: int) -> np.ndarray:
@@ -156,86 +159,52 @@ class Task:
                 split.val = split.val[keep[split.val]]
 
 
-# ---- folder-per-class ------------------------------------------------------------------------
-
-
-def _sorted_names(names) -> list[str]:
-    """Class names in a stable order: numerically when all are integers ("2" before "10")."""
-    names = list(names)
-    if names and all(re.fullmatch(r"-?\d+", n) for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
-
-
-def open_class_folders(
-    root: str | os.PathLike,
-    *,
-    class_names: Sequence[str] | None = None,
-    min_seconds: float = MIN_SECONDS,
-    verify: bool = False,
-) -> LabeledSource:
-    """A folder-per-class dataset, ``ROOT/<class>/**/<clip>.wav|flac|ogg``, as a LabeledSource.
-
-    The class of a clip is the first folder under ``root``; classes are sorted by name
-    (numerically when all are integers) unless ``class_names`` fixes them. Audio files directly
-    in ``root`` have no class and are skipped with a line each.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"class folders: {str(root)!r} is not a folder")
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files, names, labels, skipped = [], [], [], []
-    for f in sorted(root.iterdir()):
-        if f.is_file() and f.name.lower().endswith(AUDIO_EXTENSIONS):
-            skipped.append((f.name, "unlabeled: not inside a class folder"))
-    per_class = {}
-    for folder in folders:
-        found = sorted(
-            p
-            for p in (root / folder).rglob("*")
-            if p.is_file() and p.name.lower().endswith(AUDIO_EXTENSIONS)
-        )
-        if found:
-            per_class[folder] = found
-    if not per_class:
-        raise DataError(
-            f"class folders: no audio in any subfolder of {str(root)!r} (expected "
-            "ROOT/<class>/<clip>.wav)"
-        )
-    names_in_order = list(class_names) if class_names else _sorted_names(per_class)
-    index = {name: k for k, name in enumerate(names_in_order)}
-    for folder, found in per_class.items():
-        if folder not in index:
-            raise DataError(f"class folders: {folder!r} in {str(root)!r} is not a known class")
-        for path in found:
-            files.append(path)
-            names.append(path.relative_to(root).as_posix())
-            labels.append((index[folder],))
-    return LabeledSource(
-        files,
-        names=names,
-        labels=labels,
-        class_names=names_in_order,
-        skipped=skipped,
-        description=f"class folders {str(root)!r}",
-        min_seconds=min_seconds,
-        verify=verify,
-    )
-
-
-def _split_folders(root: Path) -> dict[str, Path]:
-    """``{"train": ..., "test": ..., "val": ...}`` for a folder holding split folders."""
-    found = {}
-    children = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
-    for split, aliases in SPLIT_FOLDERS.items():
-        for alias in aliases:
-            if alias in children:
-                found[split] = children[alias]
-                break
-    return found if {"train", "test"} <= set(found) else {}
-
-
 # ---- opening ------------------------------------------------------------------------------------
+
+
+DEMO_OPTIONS = {"seed": int, "seconds": float, "background": float, "rate": int}
+
+
+def open_demo_task(spec: str, folds: int = 5) -> Task:
+    """The labelled demo evaluation ``demo[:N][?seed=S&seconds=T&background=B&rate=R]``: N
+    clips (default 360) of :class:`~fastspec.data.DemoEvalSet` (six balanced classes, never
+    pretraining clips), in stratified ``folds``-fold cross-validation, so every clip is tested
+    once."""
+    _, _, rest = spec.partition(":")
+    count, _, query = rest.partition("?")
+    options = _query(query)
+    unknown = set(options) - set(DEMO_OPTIONS)
+    if unknown:
+        raise DataError(
+            f"{spec!r}: unknown option {sorted(unknown)[0]!r} for demo "
+            f"(options: {', '.join(DEMO_OPTIONS)})"
+        )
+    try:
+        n = int(count) if count else 360
+        kw = {k: DEMO_OPTIONS[k](v) for k, v in options.items()}
+    except ValueError as e:
+        raise DataError(f"{spec!r}: not a demo evaluation spec (demo:N?seed=S...): {e}") from None
+    if n < folds * len(EVENT_KINDS):
+        raise DataError(f"{spec!r}: {folds}-fold CV of 6 classes needs >= {6 * folds} clips")
+    seed = kw.pop("seed", 0)
+    try:
+        source = DemoEvalSet(
+            n,
+            seed=seed,
+            clip_seconds=kw.pop("seconds", 2.0),
+            background=kw.pop("background", 0.3),
+            sample_rate=kw.pop("rate", 16000),
+        )
+    except ValueError as e:
+        raise DataError(f"{spec!r}: {e}") from None
+    return _task(
+        "demo",
+        f"stratified {folds}-fold cross-validation (seed {seed})",
+        [source],
+        lambda offsets, targets: kfold_splits(targets, folds, seed),
+        spec,
+        multilabel=False,
+    )
 
 
 def _is_dataset_spec(spec: str) -> bool:
@@ -366,6 +335,10 @@ def open_task(
     """
     data = os.fspath(data)
     opts = {"min_seconds": min_seconds}
+    if (data == "demo" or data.startswith("demo:")) and not Path(data).exists():
+        if test_data is not None:
+            raise DataError("the demo evaluation brings its own test clips: drop --test-data")
+        return open_demo_task(data, folds)
     if test_data is None and val_data is not None:
         raise DataError("--val-data needs --test-data")
     if test_data is not None:
@@ -419,7 +392,7 @@ def open_task(
 
     path = Path(os.path.expanduser(data))
     if path.is_dir():
-        splits = _split_folders(path)
+        splits = split_folders(path)
         if splits:
             train = open_class_folders(splits["train"], **opts)
             parts = [train]

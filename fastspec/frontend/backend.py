@@ -9,12 +9,14 @@ The choice is made here and only here (DESIGN.md §5):
   (``fastspec.frontend.cpp``). ``FASTSPEC_CPP_BUILD=0`` forbids that build; ``auto`` then uses a
   prebuilt or cached extension only.
 - ``cpp`` asks for the extension explicitly (same build-on-first-use).
-- ``FASTSPEC_FRONTEND_BACKEND`` overrides whatever the caller asked for.
+- ``FASTSPEC_FRONTEND_BACKEND`` overrides whatever the caller asked for; a bad value is an error
+  that lists the choices.
+- A config the C++ extension cannot compute (``cpp.supports``) is part of the same decision.
 
-A backend that cannot run falls back with one notice per process
-(``fastspec._logging.notice_once``), never silently: to the torch reference, or, for ``cpp`` on a
-CUDA tensor, to what ``auto`` picks there (featurising GPU audio on the CPU would be a host round
-trip).
+The mechanics (environment override, the error, the one-line notice, the ``fastspec info``
+report) are those of :mod:`fastspec.backends`. A backend that cannot run falls back with one
+notice per process, never silently: to the torch reference, or, for ``cpp`` on a CUDA tensor, to
+what ``auto`` picks there (featurising GPU audio on the CPU would be a host round trip).
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ import sys
 
 import torch
 
-from fastspec._logging import notice_once
+from fastspec.backends import (
+    BackendError,
+    Decision,
+    Piece,
+    choose,
+    decide,
+    register,
+    triton_decision,
+)
 
 __all__ = ["BACKENDS", "ENV_VAR", "resolve_backend", "backend_report"]
 
@@ -80,73 +90,83 @@ def _cpp_state(build: bool) -> tuple[bool, str | None]:
     return state["state"] != "unavailable", state.get("reason")
 
 
-def _resolve(backend: str, device, build: bool = True) -> tuple[str, str | None, str | None]:
-    """``(chosen, notice_key, notice)``; ``build=False`` never compiles the extension."""
-    # the environment wins over the caller, so a user can force a backend without code changes
-    forced = os.environ.get(ENV_VAR)
-    if forced:
-        if forced not in BACKENDS:
-            raise ValueError(f"{ENV_VAR}={forced!r} is not one of {BACKENDS}")
-        backend = forced
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown front-end backend {backend!r}; valid: {BACKENDS}")
-    device = torch.device(device)
-    if backend == "torch":
-        return "torch", None, None
-    if backend == "cpp" and device.type == "cuda":
-        chosen = _resolve("auto", device, build)[0]
-        return (
+def _decide(value: str, device_type: str, forced: bool, probe: bool = False, cfg=None) -> Decision:
+    """The front end's :class:`fastspec.backends.Decision`; ``probe`` never compiles the
+    extension, ``cfg`` (a FrontendConfig) lets the C++ backend refuse a config it cannot do."""
+    build = not probe
+    if value == "torch":
+        return Decision("torch", "torch reference (asked for)")
+    if value == "cpp" and device_type == "cuda":
+        chosen = _decide("auto", device_type, forced, probe, cfg).backend
+        return Decision(
             chosen,
-            "frontend.cpp.cuda",
             f"front end: the C++ backend runs on CPU tensors; using {chosen} for CUDA tensors",
+            "frontend.cpp.cuda",
         )
-    if backend == "cpp" or (backend == "auto" and device.type != "cuda"):
+    if value == "cpp" or (value == "auto" and device_type != "cuda"):
         ok, why = _cpp_state(build)
-        if ok:
-            return "cpp", None, None
-        return (
-            "torch",
-            "frontend.cpp",
-            f"front end: the C++ extension fastspec._C is unavailable ({why}); "
-            "using the torch reference",
-        )
+        if not ok:
+            return Decision(
+                "torch",
+                f"front end: the C++ extension fastspec._C is unavailable ({why}); "
+                "using the torch reference",
+                "frontend.cpp",
+            )
+        if cfg is not None:
+            from . import cpp
+
+            reason = cpp.supports(cfg)
+            if reason is not None:
+                return Decision(
+                    "torch",
+                    f"front end: the C++ backend cannot compute this config ({reason}); "
+                    "using the torch reference",
+                    f"frontend.cpp.config.{cfg.n_fft}",
+                )
+        return Decision("cpp", "C++ extension fastspec._C (OpenMP, CPU tensors)")
     # importing the kernel module, not just triton, catches a Triton too old for the kernel
     ok, why = _triton_import()
     if ok:
         ok, why = _kernel_import()
-    if not ok:
-        return (
-            "torch",
-            f"frontend.triton.{device.type}",
-            f"front end: Triton is unavailable ({why}); using the torch reference",
-        )
-    if device.type == "cuda" or (device.type == "cpu" and _interpret_active()):
-        return "triton", None, None
-    return (
-        "torch",
-        f"frontend.triton.{device.type}",
-        f"front end: the Triton kernel cannot run on {device.type} tensors "
-        "(CUDA only, or CPU with TRITON_INTERPRET=1 set before import); using the torch reference",
+    return triton_decision(
+        device_type,
+        None if ok else why,
+        ok and _interpret_active(),
+        what="front end",
+        notice_key=f"frontend.triton.{device_type}",
+        fallback="the torch reference",
     )
 
 
-def resolve_backend(backend: str, device) -> str:
+register(
+    Piece(
+        name="frontend",
+        title="front end",
+        env=ENV_VAR,
+        choices=BACKENDS,
+        decide=_decide,
+    )
+)
+
+
+def resolve_backend(backend: str, device, cfg=None) -> str:
     """The backend that will run for tensors on ``device``: ``torch``, ``triton`` or ``cpp``.
 
     Args:
         backend: ``auto`` | ``torch`` | ``triton`` | ``cpp``.
         device: ``torch.device`` or string.
+        cfg: the :class:`~fastspec.frontend.FrontendConfig` to compute, when known: a config
+            the C++ extension cannot do then falls back to torch here, the one place it is
+            decided.
 
-    The environment variable ``FASTSPEC_FRONTEND_BACKEND`` replaces ``backend`` when set.
+    The environment variable ``FASTSPEC_FRONTEND_BACKEND`` replaces ``backend`` when set; a
+    bad value raises :class:`fastspec.backends.BackendError` listing the valid ones.
     """
-    chosen, key, message = _resolve(backend, device)
-    if message is not None:
-        notice_once(key, message)
-    return chosen
+    return choose("frontend", torch.device(device).type, backend, cfg=cfg)
 
 
 def backend_report() -> dict:
-    """What ``fastspec info`` prints about the front end (emits no notices)."""
+    """What ``fastspec info`` prints about the front end (builds and announces nothing)."""
     triton_ok, triton_why = _triton_import()
     version = None
     if triton_ok:
@@ -154,13 +174,13 @@ def backend_report() -> dict:
 
         version = triton.__version__
 
-    def auto(device):
+    def auto(device_type):
         try:
-            return _resolve("auto", device, build=False)[0]
-        except ValueError as exc:  # a bad FASTSPEC_FRONTEND_BACKEND: report it, don't crash info
+            return decide("frontend", device_type, "auto", probe=True).backend
+        except BackendError as exc:  # a bad FASTSPEC_FRONTEND_BACKEND: report it, don't crash info
             return f"error: {exc}"
 
-    report = {
+    return {
         "auto_cpu": auto("cpu"),
         "auto_cuda": auto("cuda") if torch.cuda.is_available() else None,
         "cuda_available": torch.cuda.is_available(),
@@ -171,7 +191,6 @@ def backend_report() -> dict:
         "env_override": os.environ.get(ENV_VAR),
         "cpp": _cpp_report(),
     }
-    return report
 
 
 def _cpp_report() -> str:

@@ -114,7 +114,7 @@ class FrontendConfig:
     (split bf16, 6 products: the accurate tensor-core mode, more accurate than fp32 torch),
     tf32x3 (split tf32, about as accurate as ieee), bf16x3 (the fast mode: ~1e-2 ln max, 1e-4
     mean on real-like audio), tf32 (whole log units off in quiet bins; experiments only). See
-    fastspec.kernels.logmel for the measured errors. The C++ and torch backends always compute
+    benchmarks/results/frontend-precision.md for the measured errors. The C++ and torch backends always compute
     in fp32 (torch: fp64 for fp64 input)."""
     check_finite: bool = True
     """Raise ValueError on NaN/inf in the valid samples (and on lengths outside [0, S]). The
@@ -205,14 +205,14 @@ class FrontendConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FrontendConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are an error; missing keys take defaults."""
-        _reject_unknown(data, "FrontendConfig.from_dict")
+        reject_unknown(data, "FrontendConfig.from_dict")
         return cls(**data)
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FrontendConfig))
 
 
-def _reject_unknown(keys, where: str) -> None:
+def reject_unknown(keys, where: str) -> None:
     unknown = sorted(set(keys) - set(_FIELD_NAMES))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(_FIELD_NAMES)}")
@@ -268,7 +268,7 @@ def get_preset(name: str, **overrides) -> FrontendConfig:
     """
     if name not in _PRESETS:
         raise ValueError(f"unknown front-end preset {name!r}; valid presets: {list_presets()}")
-    _reject_unknown(overrides, f"get_preset({name!r})")
+    reject_unknown(overrides, f"get_preset({name!r})")
     fixed, in_ms = _PRESETS[name]
     values = {**fixed, **overrides}
     sample_rate = values.get("sample_rate", FrontendConfig.sample_rate)

@@ -8,8 +8,11 @@ Where the module comes from, in order:
    ABI and the CPU (the build uses ``-march=native``);
 3. a fresh build into that cache: one ``c++`` call on ``csrc/*.cpp``, about 2 s. The extension
    uses only the CPython C API (no torch or pybind11 headers), which is what keeps the build
-   that short and independent of torch's C++ ABI; tensors cross the boundary as data pointers,
-   after :func:`logmel_cpp` has checked them.
+   that short and independent of torch's C++ ABI; tensors cross the boundary through DLPack and
+   the binding checks each one's device, dtype, shape and strides (``csrc/tensor_args.h``).
+
+The calls themselves (:func:`~fastspec.frontend.cpp_ops.logmel_cpp`,
+:func:`~fastspec.frontend.cpp_ops.resample_cpp`) are in :mod:`fastspec.frontend.cpp_ops`.
 
 Concurrent first uses (DataLoader workers) serialise on a file lock and the build is moved into
 place atomically, so a process never loads a half-written library. ``FASTSPEC_CPP_BUILD=0``
@@ -19,7 +22,6 @@ and :func:`status` says why; the backend resolver then issues the one-line notic
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import importlib.machinery
@@ -34,32 +36,16 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import Tensor
-
-from fastspec.kernels import reference as ref
-
-from . import polyphase
 from .config import FrontendConfig
 
-__all__ = [
-    "API_VERSION",
-    "build",
-    "load",
-    "status",
-    "supports",
-    "logmel_cpp",
-    "resample_cpp",
-    "cache_dir",
-]
+__all__ = ["API_VERSION", "build", "cache_dir", "load", "status", "supports"]
 
 # must match kApiVersion in csrc/module.cpp: a module with another version is not used
-API_VERSION = 2
+API_VERSION = 3
 CACHE_ENV = "FASTSPEC_CACHE"
 BUILD_ENV = "FASTSPEC_CPP_BUILD"
-_SOURCES = ("logmel_cpu.cpp", "resample_cpu.cpp", "module.cpp")
-_HEADERS = ("logmel_cpu.h", "resample_cpu.h")
+_SOURCES = ("fft_cpu.cpp", "logmel_cpu.cpp", "resample_cpu.cpp", "module.cpp")
+_HEADERS = ("fft_cpu.h", "logmel_cpu.h", "resample_cpu.h", "simd.h", "tensor_args.h")
 # first choice first: the vector width follows the CPU (AVX-512 here), OpenMP for threads;
 # each fallback drops what a compiler may not support
 _FLAG_SETS = (
@@ -68,9 +54,6 @@ _FLAG_SETS = (
     ("-O3",),
 )
 _COMMON_FLAGS = ("-std=gnu++17", "-fPIC", "-shared", "-ffp-contract=fast", "-fvisibility=hidden")
-
-_WAVE_CODES = {torch.float32: 0, torch.float64: 1, torch.int16: 2}
-_OUT_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 _lock = threading.Lock()
 _state: dict = {"module": None, "origin": None, "error": None, "tried_build": False}
@@ -288,198 +271,6 @@ def supports(cfg: FrontendConfig) -> str | None:
     if cfg.n_fft & (cfg.n_fft - 1):
         return f"n_fft={cfg.n_fft} is not a power of two (the C++ FFT is radix 2/4)"
     return None
-
-
-@functools.lru_cache(maxsize=64)
-def _plan(cfg: FrontendConfig) -> dict:
-    """Window and sparse (CSR) mel filters of ``cfg`` as CPU tensors, built in float64."""
-    window = ref.window_ref(
-        cfg.window, cfg.win_length, cfg.periodic_window, cfg.frame_length, dtype=torch.float64
-    )
-    build_fb = ref.kaldi_mel_banks if cfg.mel_scale == "kaldi" else ref.htk_mel_banks
-    fb = build_fb(cfg.n_mels, cfg.n_fft, cfg.sample_rate, cfg.f_min, cfg.f_max, dtype=torch.float64)
-    # the C++ split step yields 2 X[k]: |2X|^2 = 4 |X|^2, |2X| = 2 |X|; exact powers of two
-    fb = fb * (0.25 if cfg.power == 2.0 else 0.5)
-    starts, offsets, weights = [], [0], []
-    for m in range(cfg.n_mels):
-        nonzero = (fb[:, m] != 0).nonzero().flatten()
-        # Kaldi / HTK triangles are one contiguous run of bins (or empty)
-        lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.numel() else (0, 0)
-        starts.append(lo)
-        weights.append(fb[lo:hi, m])
-        offsets.append(offsets[-1] + hi - lo)
-    return {
-        "window": window.to(torch.float32).contiguous(),
-        "mel_start": torch.tensor(starts, dtype=torch.int32),
-        "mel_offset": torch.tensor(offsets, dtype=torch.int32),
-        "mel_weight": torch.cat(weights).to(torch.float32).contiguous(),
-    }
-
-
-def logmel_cpp(
-    wave: Tensor,
-    lengths: Tensor | None,
-    cfg: FrontendConfig,
-    *,
-    normalize: bool = True,
-    out_dtype: torch.dtype = torch.float32,
-    module=None,
-) -> Tensor:
-    """Features of ``wave [B, S]`` (CPU; float32/float64/int16) -> ``[B, T, n_mels]``.
-
-    ``lengths [B]`` int (None: all ``S``). Frames past each clip's frame count are 0. NaN / inf
-    in a clip's valid samples raise ValueError naming the clip (when ``cfg.check_finite``).
-    Runs on ``torch.get_num_threads()`` OpenMP threads, without the GIL.
-    """
-    module = module or load()
-    if module is None:
-        raise RuntimeError(f"fastspec._C is unavailable: {status().get('reason')}")
-    if not isinstance(wave, Tensor) or wave.dim() != 2 or wave.device.type != "cpu":
-        raise ValueError(
-            "wave must be a CPU tensor [B, S], got "
-            f"{tuple(wave.shape) if isinstance(wave, Tensor) else type(wave).__name__} "
-            f"on {getattr(wave, 'device', '?')}"
-        )
-    if wave.dtype in (torch.float16, torch.bfloat16):
-        wave = wave.float()  # the C++ reads float32, float64 or int16
-    if wave.dtype not in _WAVE_CODES:
-        raise ValueError(f"wave must be float or int16, got {wave.dtype} {tuple(wave.shape)}")
-    if out_dtype not in _OUT_CODES:
-        raise ValueError(f"out_dtype must be float32 or bfloat16, got {out_dtype}")
-    reason = supports(cfg)
-    if reason is not None:
-        raise ValueError(f"the C++ front end cannot compute this config: {reason}")
-    if wave.stride(-1) != 1 or (wave.shape[0] > 1 and wave.stride(0) < wave.shape[1]):
-        wave = wave.contiguous()  # rows must not overlap (an expanded batch has stride 0)
-    batch, num_samples = wave.shape
-    if lengths is None:
-        lengths = torch.full((batch,), num_samples, dtype=torch.int64)
-    elif (
-        not isinstance(lengths, Tensor)
-        or lengths.shape != (batch,)
-        or lengths.dtype.is_floating_point
-        or lengths.dtype == torch.bool
-    ):
-        raise ValueError(
-            f"lengths must be an int tensor [B={batch}], got "
-            f"{getattr(lengths, 'dtype', type(lengths).__name__)} "
-            f"{tuple(getattr(lengths, 'shape', ()))}"
-        )
-    lengths = lengths.to(device="cpu", dtype=torch.int64).contiguous()
-    n_frames = ref.frame_count(num_samples, cfg.frame_length, cfg.hop_length, cfg.center)
-    out = torch.empty(batch, n_frames, cfg.n_mels, dtype=out_dtype)
-    plan = _plan(cfg)
-    norm_mul, norm_add = cfg.norm_affine(normalize)
-    module.logmel(
-        wave=wave.data_ptr(),
-        wave_dtype=_WAVE_CODES[wave.dtype],
-        batch=batch,
-        num_samples=num_samples,
-        stride_b=wave.stride(0) if batch > 1 else num_samples,
-        lengths=lengths.data_ptr(),
-        out=out.data_ptr(),
-        out_dtype=_OUT_CODES[out_dtype],
-        n_frames=n_frames,
-        window=plan["window"].data_ptr(),
-        frame_len=cfg.frame_length,
-        n_fft=cfg.n_fft,
-        hop=cfg.hop_length,
-        center=cfg.center,
-        reflect=cfg.center and cfg.pad_mode == "reflect",
-        remove_dc=cfg.remove_dc,
-        preemph=cfg.preemphasis,
-        power_one=cfg.power == 1.0,
-        n_mels=cfg.n_mels,
-        mel_start=plan["mel_start"].data_ptr(),
-        mel_offset=plan["mel_offset"].data_ptr(),
-        mel_weight=plan["mel_weight"].data_ptr(),
-        log_floor=cfg.log_floor,
-        log_mult=cfg.log_mult,
-        has_top_db=cfg.top_db is not None,
-        top_db=cfg.top_db if cfg.top_db is not None else 0.0,
-        norm_mul=norm_mul,
-        norm_add=norm_add,
-        check_finite=cfg.check_finite and wave.dtype != torch.int16,
-        n_threads=max(1, torch.get_num_threads()),
-    )
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def _resample_plan(up: int, down: int, lanes: int) -> tuple[Tensor, Tensor, int]:
-    """``(taps [up, n_taps] float32, starts [up] int64, n_taps)`` for the C++ resampler.
-
-    Phase ``r`` of the output (``k = r + m up``) is ``sum_j x[base_r + m down - j] h[phase_r +
-    j up]`` (as ``polyphase._polyphase_bank``); reversed, that is a contiguous dot product of
-    ``x[m down + starts[r] + q]`` with ``taps[r, q]``, zero padded to a multiple of ``lanes``.
-    """
-    h, half_len = polyphase.filter_taps(up, down)
-    r = np.arange(up)
-    centre = r * down + half_len
-    phase, base = centre % up, centre // up
-    count = (h.size - 1 - phase) // up + 1  # taps of each phase
-    n_taps = -(-int(count.max()) // lanes) * lanes
-    taps = np.zeros((up, n_taps))
-    for i in range(up):
-        j = np.arange(count[i])
-        taps[i, count[i] - 1 - j] = h[phase[i] + j * up]
-    starts = base - count + 1
-    return (
-        torch.from_numpy(taps).to(torch.float32).contiguous(),
-        torch.from_numpy(starts.astype(np.int64)).contiguous(),
-        n_taps,
-    )
-
-
-def resample_cpp(
-    wave: Tensor, lengths: Tensor | None, orig_sr: int, new_sr: int, *, module=None
-) -> tuple[Tensor, Tensor | None]:
-    """Polyphase resampling of ``wave [B, S]`` (CPU; float32/float64/int16) in C++.
-
-    The filter of :func:`fastspec.frontend.polyphase.resample` (scipy's resample_poly), in
-    float32. Samples past ``lengths[b]`` read as zero, so each clip is resampled as if alone.
-    Returns ``(float32 [B, ceil(S up / down)], resampled lengths or None)``.
-    """
-    module = module or load()
-    if module is None:
-        raise RuntimeError(f"fastspec._C is unavailable: {status().get('reason')}")
-    if not isinstance(wave, Tensor) or wave.dim() != 2 or wave.device.type != "cpu":
-        raise ValueError(
-            "wave must be a CPU tensor [B, S], got "
-            f"{tuple(wave.shape) if isinstance(wave, Tensor) else type(wave).__name__}"
-        )
-    if wave.dtype in (torch.float16, torch.bfloat16):
-        wave = wave.float()
-    if wave.dtype not in _WAVE_CODES:
-        raise ValueError(f"wave must be float or int16, got {wave.dtype} {tuple(wave.shape)}")
-    if wave.stride(-1) != 1 or (wave.shape[0] > 1 and wave.stride(0) < wave.shape[1]):
-        wave = wave.contiguous()
-    up, down = polyphase.reduced_ratio(orig_sr, new_sr)
-    batch, num_samples = wave.shape
-    full = torch.full((batch,), num_samples, dtype=torch.int64)
-    clip_lengths = full if lengths is None else lengths.to("cpu", torch.int64).contiguous()
-    taps, starts, n_taps = _resample_plan(up, down, module.simd_lanes())
-    out_len = -(-num_samples * up // down)
-    out = torch.empty(batch, out_len, dtype=torch.float32)
-    module.resample(
-        wave=wave.data_ptr(),
-        wave_dtype=_WAVE_CODES[wave.dtype],
-        batch=batch,
-        num_samples=num_samples,
-        stride_b=wave.stride(0) if batch > 1 else num_samples,
-        lengths=clip_lengths.data_ptr(),
-        out=out.data_ptr(),
-        out_len=out_len,
-        taps=taps.data_ptr(),
-        starts=starts.data_ptr(),
-        up=up,
-        down=down,
-        n_taps=n_taps,
-        n_threads=max(1, torch.get_num_threads()),
-    )
-    if lengths is None:
-        return out, None
-    return out, polyphase.resampled_lengths(lengths.to(torch.int64), orig_sr, new_sr)
 
 
 if __name__ == "__main__":  # python -m fastspec.frontend.cpp: build now, print where

@@ -15,7 +15,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from .config import FrontendConfig, _reject_unknown, get_preset, num_frames
+from .config import FrontendConfig, get_preset, num_frames, reject_unknown
 from .op import config_key, reference_logmel, triton_plan
 from .polyphase import resample, resampled_lengths
 
@@ -29,7 +29,7 @@ def as_config(preset: str | FrontendConfig, overrides: dict) -> FrontendConfig:
     if isinstance(preset, FrontendConfig):
         if not overrides:
             return preset
-        _reject_unknown(overrides, "front-end overrides")
+        reject_unknown(overrides, "front-end overrides")
         # replace() re-runs __post_init__, so an override that breaks the config fails here; the
         # resolved n_fft / f_max do not follow a new sample_rate (get_preset(name, ...) does)
         return dataclasses.replace(preset, **overrides)

@@ -32,14 +32,13 @@ import functools
 import torch
 from torch import Tensor
 
-from fastspec._logging import notice_once
 from fastspec.kernels import reference as ref
 
 from . import polyphase as rs
 from .backend import resolve_backend
 from .config import FrontendConfig
 
-__all__ = ["config_key", "logmel_op", "compute_logmel"]
+__all__ = ["config_key", "logmel_op", "compute_logmel", "log_scale_options"]
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(FrontendConfig))
@@ -143,6 +142,17 @@ def mel_banks(cfg: FrontendConfig, dtype, device) -> Tensor:
     )
 
 
+def log_scale_options(cfg: FrontendConfig) -> dict:
+    """How the config turns the mel spectrum into log-mel (``power``, ``log_floor``,
+    ``log_mult``, ``top_db``): the same keywords for the torch reference and the kernel plan."""
+    return {
+        "power": cfg.power,
+        "log_floor": cfg.log_floor,
+        "log_mult": cfg.log_mult,
+        "top_db": cfg.top_db,
+    }
+
+
 def reference_logmel(
     wave: Tensor, lengths: Tensor | None, cfg: FrontendConfig, normalize: bool, dtype: torch.dtype
 ) -> Tensor:
@@ -160,12 +170,9 @@ def reference_logmel(
         pad_mode=cfg.pad_mode,
         remove_dc=cfg.remove_dc,
         preemphasis=cfg.preemphasis,
-        power=cfg.power,
-        log_floor=cfg.log_floor,
-        log_mult=cfg.log_mult,
-        top_db=cfg.top_db,
         norm_mul=norm_mul,
         norm_add=norm_add,
+        **log_scale_options(cfg),
     )
 
 
@@ -173,7 +180,7 @@ def reference_logmel(
 def triton_plan(cfg: FrontendConfig, device: torch.device, orig_sample_rate: int | None = None):
     """The Triton kernel's constants; with ``orig_sample_rate`` (snip-edges framing only) the
     resampler is folded into the frame basis."""
-    from fastspec.kernels.logmel import make_logmel_plan
+    from fastspec.kernels.logmel_plan import make_logmel_plan
 
     # built in float64 on the host and cast once: the folded basis is a product of four (with
     # resampling five) matrices, which float32 would round each time
@@ -199,11 +206,8 @@ def triton_plan(cfg: FrontendConfig, device: torch.device, orig_sample_rate: int
         hop_length=cfg.hop_length,
         center=cfg.center,
         pad_mode=cfg.pad_mode,
-        power=cfg.power,
-        log_floor=cfg.log_floor,
-        log_mult=cfg.log_mult,
-        top_db=cfg.top_db,
         device=device,
+        **log_scale_options(cfg),
         **extra,
     )
 
@@ -218,18 +222,8 @@ def compute_logmel(
     orig_sample_rate: int,
 ) -> Tensor:
     """The eager implementation behind the op: resolve the backend, check, resample, featurise."""
-    chosen = resolve_backend(backend, wave.device)
-    if chosen == "cpp":
-        from . import cpp
-
-        reason = cpp.supports(cfg)
-        if reason is not None:
-            notice_once(
-                f"frontend.cpp.config.{cfg.n_fft}",
-                f"front end: the C++ backend cannot compute this config ({reason}); "
-                "using the torch reference",
-            )
-            chosen = "torch"
+    # one decision, the config included (a config the C++ extension cannot do is a fallback)
+    chosen = resolve_backend(backend, wave.device, cfg)
     if lengths is not None:
         lengths = lengths.to(device=wave.device, dtype=torch.int64)
     resampling = orig_sample_rate != cfg.sample_rate
@@ -255,14 +249,16 @@ def compute_logmel(
                 check_finite=cfg.check_finite and not (resampling and not folded),
             )
         if chosen == "cpp":
-            from . import cpp
+            from . import cpp_ops
 
             if resampling:
                 # C++ polyphase (7x the conv1d bank on 2 cores); it zeroes the padding and checks
                 # lengths, and NaN / inf in a clip's samples reach its resampled samples, where
                 # the featurising pass checks them, so no extra pass over the input is needed
-                wave, lengths = cpp.resample_cpp(wave, lengths, orig_sample_rate, cfg.sample_rate)
-            return cpp.logmel_cpp(wave, lengths, cfg, normalize=normalize, out_dtype=out_dtype)
+                wave, lengths = cpp_ops.resample_cpp(
+                    wave, lengths, orig_sample_rate, cfg.sample_rate
+                )
+            return cpp_ops.logmel_cpp(wave, lengths, cfg, normalize=normalize, out_dtype=out_dtype)
         _check_values(wave, lengths, cfg)
         if resampling:
             wave, lengths = _resample_batch(wave, lengths, cfg, orig_sample_rate)

@@ -2,8 +2,8 @@
 
 Lives in the front end because :func:`fastspec.frontend.logmel` fuses it (``orig_sample_rate=``):
 the Triton kernel folds this very filter into its frame basis (:func:`resampled_frame_basis`),
-the other backends resample with :func:`resample` first, in the same call.
-``fastspec.data.resample`` re-exports the public names for the data pipeline.
+the other backends resample with :func:`resample` first, in the same call. The data pipeline
+(clip crops, shard writing) imports it from here.
 
 The filter is the one :func:`scipy.signal.resample_poly` designs by default, so the two agree to
 floating-point rounding on any input (tests/test_resample.py):

@@ -10,8 +10,9 @@ Two choices, made here and nowhere else:
 
 Each variable takes ``auto`` (default), ``triton`` or ``torch``. ``triton`` on CPU tensors runs the
 kernels under the interpreter when ``TRITON_INTERPRET=1`` was set before import (tests do this).
-A request that cannot be honoured falls back to torch with one notice per process
-(:func:`fastspec._logging.notice_once`), never silently and never with an error. Meta tensors
+A request that cannot be honoured falls back to torch with one notice per process, never
+silently; a value that is not one of the choices is an error listing them
+(:mod:`fastspec.backends`, where every backend choice is made the same way). Meta tensors
 always take the torch path (they hold no values to launch a kernel on).
 """
 
@@ -22,7 +23,7 @@ import os
 
 import torch
 
-from fastspec._logging import notice_once
+from fastspec import backends
 
 __all__ = [
     "CHOICES",
@@ -47,17 +48,6 @@ _KERNELS = {
 _WHAT = {MASKING_ENV: "mask sampling", PATCH_EMBED_ENV: "fused patch embed / restore"}
 
 
-def _requested(env: str, quiet: bool = False) -> str:
-    value = os.environ.get(env, "auto").strip().lower() or "auto"
-    if value not in CHOICES:
-        if not quiet:
-            notice_once(
-                f"{env}.bad", f"{env}={value!r} is not one of {'|'.join(CHOICES)}; using auto"
-            )
-        return "auto"
-    return value
-
-
 def _kernels_import(env: str) -> tuple[bool, str | None, bool]:
     """(importable, why not, interpreted) for the kernel modules behind ``env``; interpreted
     means every one of them was decorated under ``TRITON_INTERPRET=1``."""
@@ -71,32 +61,38 @@ def _kernels_import(env: str) -> tuple[bool, str | None, bool]:
     return True, None, interpreted
 
 
-def _resolve(env: str, device_type: str, quiet: bool = False) -> tuple[str, str | None]:
-    """``(choice, notice)`` for tensors on ``device_type``; the notice explains a fallback."""
-    requested = _requested(env, quiet)
-    if requested == "torch" or device_type == "meta":
-        return "torch", None
-    if requested == "auto" and device_type != "cuda":
-        # the designed CPU path: torch, without a word
-        return "torch", None
-    ok, why, interpreted = _kernels_import(env)
-    if not ok:
-        return "torch", f"{_WHAT[env]}: Triton kernels unavailable ({why}); using torch"
-    if device_type == "cuda" or (device_type == "cpu" and interpreted):
-        return "triton", None
-    return "torch", (
-        f"{_WHAT[env]}: Triton kernels cannot run on {device_type} tensors (CUDA only, or CPU "
-        "with TRITON_INTERPRET=1 set before import); using torch"
+def _decider(env: str):
+    """The :class:`fastspec.backends.Piece` decision for the kernels behind ``env``."""
+
+    def decide_kernels(value: str, device_type: str, forced: bool, **context) -> backends.Decision:
+        if value == "torch":
+            return backends.Decision("torch", "torch (asked for)")
+        if device_type == "meta":
+            return backends.Decision("torch", "meta tensors hold no values to launch a kernel on")
+        if value == "auto" and device_type != "cuda":
+            # the designed CPU path: torch, without a word
+            return backends.Decision("torch", "torch (auto off CUDA)")
+        ok, why, interpreted = _kernels_import(env)
+        return backends.triton_decision(
+            device_type, why, interpreted, what=_WHAT[env], notice_key=f"{env}.{device_type}"
+        )
+
+    return decide_kernels
+
+
+_PIECE_OF = {MASKING_ENV: "masking", PATCH_EMBED_ENV: "patch_embed"}
+for _env, _name in _PIECE_OF.items():
+    backends.register(
+        backends.Piece(
+            name=_name, title=_WHAT[_env], env=_env, choices=CHOICES, decide=_decider(_env)
+        )
     )
 
 
 @torch.compiler.assume_constant_result
 def _choose(env: str, device_type: str) -> str:
     # constant per (environment, device type): torch.compile bakes the branch in at trace time
-    choice, notice = _resolve(env, device_type)
-    if notice is not None:
-        notice_once(f"{env}.{device_type}", notice)
-    return choice
+    return backends.choose(_PIECE_OF[env], device_type)
 
 
 def masking_backend(device: torch.device | str) -> str:
@@ -114,11 +110,18 @@ def masking_report() -> dict:
     report: dict = {"cuda_available": torch.cuda.is_available()}
     for key, env in (("sampling", MASKING_ENV), ("patch_embed", PATCH_EMBED_ENV)):
         ok, why, interpreted = _kernels_import(env)
+
+        def on(device_type: str, name: str = _PIECE_OF[env]) -> str:
+            try:
+                return backends.decide(name, device_type).backend
+            except backends.BackendError as exc:  # a bad value: reported here, raised when used
+                return f"error: {exc}"
+
         report[key] = {
             "env": env,
             "requested": os.environ.get(env),
-            "cpu": _resolve(env, "cpu", quiet=True)[0],
-            "cuda": _resolve(env, "cuda", quiet=True)[0] if torch.cuda.is_available() else None,
+            "cpu": on("cpu"),
+            "cuda": on("cuda") if torch.cuda.is_available() else None,
             "triton_kernels": "importable" if ok else f"unavailable: {why}",
             "triton_interpret": interpreted,
         }

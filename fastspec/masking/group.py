@@ -172,6 +172,8 @@ def apply_group_mask(
     noise_mean: float = 0.0,
     noise_std: float = 1.0,
     paste_prob: float = 0.5,
+    pool: Tensor | None = None,
+    pool_offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Corrupt the covered bins of a batch of log-mels (ASiT's GMML fill).
 
@@ -186,6 +188,10 @@ def apply_group_mask(
             probability 1/2 and keeping the noise-corrupted crop otherwise).
         seed, generator: randomness of the fill, as in :func:`~fastspec.masking.sample_mask`
             (Philox on CUDA, torch generator elsewhere); no host sync.
+        pool, pool_offset: the clips to paste from, [P, T, F] (default: ``mel`` itself), clip
+            ``c`` of ``mel`` being row ``pool_offset + c`` of it. Under torchrun the pool is the
+            step's whole batch gathered from every rank, so partners are drawn over the global
+            batch exactly as one process would draw them.
 
     Returns:
         ``(corrupted [C * M, T, F] in mel's dtype, spec_mask)``. ``mel`` is not modified.
@@ -205,7 +211,8 @@ def apply_group_mask(
     per_clip = rows // clips
     rng = MaskRng(mel.device, seed=seed, generator=generator)
     source = mel.repeat_interleave(per_clip, 0) if per_clip > 1 else mel  # [rows, T, F]
-    if fill in ("paste", "mix") and clips == 1:
+    pool = mel if pool is None else pool
+    if fill in ("paste", "mix") and pool.shape[0] == 1:
         notice_once(
             "masking.group.paste1",
             "apply_group_mask: a batch of one clip has no other clip to paste from; "
@@ -220,9 +227,10 @@ def apply_group_mask(
         if fill == "noise":
             return torch.where(spec_mask, noise, source), spec_mask
     # another clip than the row's own: shift its index by 1..C-1, uniformly
-    own = torch.arange(rows, device=mel.device) // per_clip
-    other = (own + 1 + rng.randint(clips - 1, (rows,))) % clips  # [rows]
-    replacement = mel[other]  # [rows, T, F]
+    own = torch.arange(rows, device=mel.device) // per_clip + pool_offset
+    n_pool = pool.shape[0]
+    other = (own + 1 + rng.randint(n_pool - 1, (rows,))) % n_pool  # [rows]
+    replacement = pool[other]  # [rows, T, F]
     if fill == "mix":
         use_paste = (rng.uniform(rows) < paste_prob)[:, None, None]
         replacement = torch.where(use_paste, replacement, noise)

@@ -7,6 +7,8 @@ Two implementations behind one interface, picked by :func:`~fastspec.masking.mas
   or one ``torch.randint`` draw from the given CUDA generator (advancing it, so a seeded
   generator reproduces the whole sequence). Each draw of the call takes its own Philox stream.
 - ``torch`` (CPU, meta, fallback): ``torch.rand`` with a ``torch.Generator``.
+- ``keyed`` (any device, when the generator is a :class:`~fastspec.masking.clip_rng.ClipRng`):
+  per-clip counter-based draws, identical however the batch is split over ranks.
 
 The two produce different bits for the same seed; each is deterministic on its own device kind.
 Neither reads anything back to the host.
@@ -19,8 +21,10 @@ import math
 import torch
 from torch import Tensor
 
+from fastspec._logging import notice_once
 from fastspec.kernels.masking_reference import select_top_ref
 from fastspec.masking.backend import masking_backend
+from fastspec.masking.clip_rng import ClipRng
 
 __all__ = ["MaskRng"]
 
@@ -31,7 +35,8 @@ class MaskRng:
     Args:
         device: where every tensor is made.
         seed: an int; the same seed gives the same draws (per backend and device kind).
-        generator: a ``torch.Generator`` on ``device`` instead (advanced by the draws).
+        generator: a ``torch.Generator`` on ``device`` instead (advanced by the draws), or a
+            :class:`~fastspec.masking.clip_rng.ClipRng` (per-row keyed draws).
         backend: ``"triton"`` | ``"torch"``; None asks :func:`masking_backend`.
     """
 
@@ -44,10 +49,20 @@ class MaskRng:
         backend: str | None = None,
     ):
         self.device = torch.device(device)
-        self.backend = backend or masking_backend(self.device)
         self._stream = 0
-        self.generator: torch.Generator | None = None
+        self.generator: torch.Generator | ClipRng | None = None
         self.seed: Tensor | None = None
+        if isinstance(generator, ClipRng):
+            # per-clip keyed draws (the training loop's): the same on any batch layout
+            self.backend, self.generator = "keyed", generator
+            if self.device.type == "cuda":
+                notice_once(
+                    "masking.keyed",
+                    "masking: the trainer's per-clip keyed draws (world-size invariant) run as "
+                    "torch ops on CUDA, not through the Triton Philox kernels",
+                )
+            return
+        self.backend = backend or masking_backend(self.device)
         if self.backend == "triton":
             if seed is not None:
                 # a fill kernel: the seed travels as a launch argument, not a host copy
@@ -74,6 +89,8 @@ class MaskRng:
             from fastspec.kernels.masking import philox_uniform
 
             return philox_uniform(self.seed, tuple(shape), self._next_stream())
+        if self.backend == "keyed":
+            return self.generator.uniform(*shape)
         return torch.rand(shape, generator=self.generator, device=self.device)
 
     def normal(self, *shape: int) -> Tensor:
@@ -83,6 +100,8 @@ class MaskRng:
             u1 = self.uniform(*shape)
             u2 = self.uniform(*shape)
             return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos((2.0 * math.pi) * u2)
+        if self.backend == "keyed":
+            return self.generator.normal(*shape)
         return torch.randn(shape, generator=self.generator, device=self.device)
 
     def randint(self, high: Tensor | int, shape: tuple[int, ...]) -> Tensor:

@@ -1,8 +1,8 @@
 """Token drop and restore: the index plumbing between a :class:`~fastspec.masking.Mask` and a model.
 
 - :func:`gather_tokens`: keep the listed tokens of a token tensor (one ``torch.gather``).
-- :func:`embed_kept_patches`: drop + patch embedding in one step, straight from the log-mel; the
-  fused Triton kernel on CUDA (``fastspec.kernels.patch_embed``), gather-then-linear elsewhere.
+- the fused drop + patch embedding is the encoders' first layer:
+  :func:`fastspec.models.patch_embed.embed_kept_patches`.
 - :func:`restore_tokens`: kept tokens back on the grid with a mask token (and optional
   positions) for a decoder; a Triton kernel on CUDA, cat-then-gather elsewhere.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastspec.kernels.masking_reference import embed_kept_patches_ref, restore_tokens_ref
+from fastspec.kernels.masking_reference import restore_tokens_ref
 from fastspec.masking.backend import patch_embed_backend
 
 
@@ -40,39 +40,6 @@ def gather_tokens(x: Tensor, ids_keep: Tensor) -> Tensor:
     # expand is a view: the gather reads D contiguous values per kept token, no index copy
     index = ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
     return torch.gather(x, 1, index)
-
-
-def embed_kept_patches(
-    mel: Tensor,
-    ids_keep: Tensor | None,
-    weight: Tensor,
-    bias: Tensor | None,
-    pos: Tensor,
-    patch_size: tuple[int, int],
-) -> Tensor:
-    """Patch-embed only the kept patches of a log-mel and add their positions.
-
-    Equals ``linear(gather_tokens(patchify(mel), ids_keep), weight, bias) + pos[ids_keep]``
-    (computed exactly that way by the torch backend), without materialising the N patches.
-
-    Args:
-        mel: [B, T, F] log-mel, T and F multiples of ``patch_size``.
-        ids_keep: [B, K] int64 grid indices to keep (``Mask.ids_keep``), or None for all N.
-        weight: [D, pt * pf]; bias: [D] or None (an ``nn.Linear``'s parameters).
-        pos: [N, D] positions of the full grid (no gradient).
-        patch_size: (pt, pf).
-
-    Returns:
-        [B, K, D] in ``pos``'s dtype (under autocast the matmul runs in the autocast dtype and
-        the fp32 positions promote the sum, as in the reference).
-    """
-    if patch_embed_backend(mel.device) == "triton":
-        from fastspec.kernels.patch_embed import embed_kept_patches as fused
-
-        # the kernel reads int64 indices; the torch path takes any integer dtype, so cast here
-        ids = ids_keep.long() if ids_keep is not None else None
-        return fused(mel, ids, weight, bias, pos, tuple(patch_size))
-    return embed_kept_patches_ref(mel, ids_keep, weight, bias, pos, tuple(patch_size))
 
 
 def restore_tokens(

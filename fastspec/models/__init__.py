@@ -1,5 +1,8 @@
 """Encoders, decoder and heads by name, and the attention backend dispatch (DESIGN.md §1, §5).
 
+Every encoder implements :class:`SpectrogramEncoder` (``fastspec.models.contract``), the one
+interface recipes, the export and HEAR use.
+
 ``create_model("vit_base_patch16")`` (or ``"mast_base"``) builds an encoder from the registry;
 ``list_models()`` names them and ``count_macs`` counts their multiply-accumulates. Models may
 import :mod:`fastspec.kernels`, :mod:`fastspec.masking` and :mod:`fastspec._logging` only.
@@ -7,24 +10,26 @@ import :mod:`fastspec.kernels`, :mod:`fastspec.masking` and :mod:`fastspec._logg
 
 # the function `attention` is not re-exported: it would shadow the submodule of the same name
 from fastspec.models.attention import attention_backend, attention_report
+from fastspec.models.contract import SpectrogramEncoder, pad_frames
 from fastspec.models.decoder import MAEDecoder
 from fastspec.models.macs import MacReport, count_macs
 from fastspec.models.mast import MASTEncoder  # importing it registers mast_*
-from fastspec.models.multiscale_decoder import MultiscaleMAEDecoder
+from fastspec.models.patch_embed import embed_kept_patches
 from fastspec.models.pos_embed import cached_sincos_2d, sincos_1d, sincos_2d
 from fastspec.models.registry import create_model, list_models, register_model
-from fastspec.models.vit import ViTEncoder, pad_frames
+from fastspec.models.vit import ViTEncoder
 
 __all__ = [
     "MAEDecoder",
     "MASTEncoder",
     "MacReport",
-    "MultiscaleMAEDecoder",
+    "SpectrogramEncoder",
     "ViTEncoder",
     "attention_backend",
     "attention_report",
     "cached_sincos_2d",
     "count_macs",
+    "embed_kept_patches",
     "create_model",
     "list_models",
     "pad_frames",

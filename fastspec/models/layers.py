@@ -1,4 +1,5 @@
-"""Pre-norm transformer block shared by the encoders and the MAE decoder, and MAE's init."""
+"""Pieces shared by the encoders and decoders: pre-norm transformer block, MLP, stochastic depth,
+the key-padding mask of unit-grouped tokens, and MAE's init."""
 
 from __future__ import annotations
 
@@ -30,6 +31,37 @@ class SelfAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
+def token_padding_mask(unit_padding: Tensor | None, tokens_per_unit: int) -> Tensor | None:
+    """unit_padding: [B, K] bool (True = padding) -> [B, 1 + K * tokens_per_unit] bool, the
+    class token first and always valid (so every attention row keeps a valid key)."""
+    if unit_padding is None:
+        return None
+    b, k = unit_padding.shape
+    # explicit sizes: K may be 0 (everything masked), where -1 would be ambiguous
+    per_token = unit_padding[:, :, None].expand(b, k, tokens_per_unit)
+    per_token = per_token.reshape(b, k * tokens_per_unit)
+    cls_valid = torch.zeros(b, 1, dtype=torch.bool, device=unit_padding.device)
+    return torch.cat([cls_valid, per_token], dim=1)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016, timm's ``DropPath``): in training, a residual
+    branch's output is zeroed for a random ``rate`` of the samples and the rest scaled by
+    ``1 / (1 - rate)``; the identity in eval or at rate 0 (no random draw)."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *(1,) * (x.dim() - 1)).bernoulli_(1.0 - self.rate)
+        return x * keep / (1.0 - self.rate)
+
+
 class Mlp(nn.Module):
     """Linear -> GELU (exact erf, as timm/MAE) -> Linear."""
 
@@ -53,10 +85,12 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
+        drop_path: float = 0.0,
         device=None,
         dtype=None,
     ):
         super().__init__()
+        self.drop_path = DropPath(drop_path)
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps, device=device, dtype=dtype)
         self.attn = SelfAttention(dim, num_heads, qkv_bias, device=device, dtype=dtype)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, device=device, dtype=dtype)
@@ -64,8 +98,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """x: [B, N, D], key_padding_mask: [B, N] bool (True = padding) -> [B, N, D]."""
-        x = x + self.attn(self.norm1(x), key_padding_mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x), key_padding_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ class MacReport:
         macs: multiply-accumulates of the forward pass (FLOPs / 2).
         params: parameters of the model.
         macs_by_module: MACs per direct child module (``patch_embed``, ``blocks``, ...).
-        macs_by_stage: MACs of each stage's blocks, for models with ``stage_ends`` (MAST).
+        macs_by_stage: MACs of each stage's blocks, for encoders of more than one stage (MAST).
     """
 
     model: str
@@ -111,7 +111,7 @@ def count_macs(name: str, n_frames: int = 1024, n_mels: int = 128, **overrides) 
         if parts[1] == "blocks" and len(parts) == 3:
             by_block[int(parts[2])] = macs
     by_stage = []
-    if getattr(model, "stage_ends", None):  # multiscale encoders: the MACs of each stage
+    if len(model.stage_ends) > 1:  # multiscale encoders: the MACs of each stage
         start = 0
         for end in model.stage_ends:
             by_stage.append(sum(by_block.get(i, 0) for i in range(start, end + 1)))

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fastspec.models.attention import attention
-from fastspec.models.layers import Mlp
+from fastspec.models.layers import DropPath, Mlp, token_padding_mask
 
 Layout = tuple[int, int, int]  # (K units, a_t, a_f tokens per unit along time, frequency)
 
@@ -40,19 +40,6 @@ def pooled_layout(layout: Layout, stride: tuple[int, int]) -> Layout:
     if a_t % st or a_f % sf:
         raise ValueError(f"pooling stride {stride} does not tile a unit of {a_t}x{a_f} tokens")
     return k, a_t // st, a_f // sf
-
-
-def token_padding_mask(unit_padding: Tensor | None, tokens_per_unit: int) -> Tensor | None:
-    """unit_padding: [B, K] bool (True = padding) -> [B, 1 + K * tokens_per_unit] bool, the
-    class token first and always valid (so every attention row keeps a valid key)."""
-    if unit_padding is None:
-        return None
-    b, k = unit_padding.shape
-    # explicit sizes: K may be 0 (everything masked), where -1 would be ambiguous
-    per_token = unit_padding[:, :, None].expand(b, k, tokens_per_unit)
-    per_token = per_token.reshape(b, k * tokens_per_unit)
-    cls_valid = torch.zeros(b, 1, dtype=torch.bool, device=unit_padding.device)
-    return torch.cat([cls_valid, per_token], dim=1)
 
 
 class UnitPool(nn.Module):
@@ -209,11 +196,13 @@ class MultiscaleBlock(nn.Module):
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
         residual_pooling: bool = True,
+        drop_path: float = 0.0,
         device=None,
         dtype=None,
     ):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
+        self.drop_path = DropPath(drop_path)
         self.dim_in, self.dim_out = dim_in, dim_out
         self.q_stride = tuple(q_stride)
         self.kv_stride = tuple(kv_stride)
@@ -244,5 +233,5 @@ class MultiscaleBlock(nn.Module):
         if self.q_stride != (1, 1):
             skip = max_pool_units(skip, layout, self.q_stride)
             layout = pooled_layout(layout, self.q_stride)
-        x = skip + out
-        return x + self.mlp(self.norm2(x)), layout
+        x = skip + self.drop_path(out)
+        return x + self.drop_path(self.mlp(self.norm2(x))), layout

@@ -56,212 +56,31 @@ so the paper's code never freezes them: ``freeze_last_layer=0`` is the faithful 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastspec.masking import apply_group_mask, sample_mask
-from fastspec.models.flops import transformer_train_flops
-from fastspec.recipes.heads import DINOHead, prototype_layer
+from fastspec.masking.clip_rng import row_chunks, uniform_rows, view_rows
+from fastspec.recipes.asit_heads import LocalGlobalHead, ReconstructionHead, StudentBranch
+from fastspec.recipes.asit_losses import (
+    global_distillation_loss,
+    local_distillation_loss,
+    masked_l1_loss,
+    update_center,
+)
+from fastspec.recipes.asit_settings import ASIT_DEMO, ASIT_PAPER, FILLS, AsitConfig, asit_options
+from fastspec.recipes.collective import (
+    gather_view_major,
+    rank,
+)
 from fastspec.recipes.monitors import (
     collapse_warnings,
     embedding_spread,
     marginal_entropy,
     softmax_entropy,
 )
+from fastspec.recipes.spec import RecipeSpec
 from fastspec.recipes.teacher import EMATeacher, ema_momentum, warmup_then_constant
 from fastspec.recipes.views import random_time_crops
-
-FILLS = ("zeros", "noise")
-
-
-# ---- losses (pure functions: the tests compare them with a float64 reference) -------------
-
-
-def _fp32(x: Tensor) -> Tensor:
-    """``x`` in float32, or float64 when it already is (the reference tests run in float64)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def distillation_cross_entropy(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    center: Tensor,
-    student_temp: float | Tensor,
-    teacher_temp: float | Tensor,
-) -> tuple[Tensor, Tensor]:
-    """DINO's cross-entropy of each row: ``-sum_k p_t[k] log p_s[k]``.
-
-    student_logits, teacher_logits: [M, K] (the teacher's without gradient); center: [K].
-    ``p_t = softmax((teacher - center) / teacher_temp)``, ``log p_s = log_softmax(student /
-    student_temp)``, both in float32 whatever the autocast dtype (logits divided by 0.04 need
-    the range). Returns (per-row loss [M] float32, teacher probabilities [M, K] float32).
-    """
-    t_probs = F.softmax((_fp32(teacher_logits) - center) / teacher_temp, dim=-1).detach()
-    s_logp = F.log_softmax(_fp32(student_logits) / student_temp, dim=-1)
-    return -(t_probs * s_logp).sum(dim=-1), t_probs
-
-
-def global_distillation_loss(
-    student_cls: Tensor,
-    teacher_cls: Tensor,
-    center: Tensor,
-    student_temp: float | Tensor,
-    teacher_temp: float | Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Cross-crop class-token loss (ASiT's ``CLSLoss``).
-
-    student_cls, teacher_cls: [2B, K] crop-major (rows ``0..B-1`` crop 0, ``B..2B-1`` crop 1).
-    The teacher of crop 0 teaches the student of crop 1 and vice versa; the two means are
-    averaged. Returns (scalar, teacher probabilities [2B, K]).
-    """
-    rows = student_cls.shape[0]
-    if rows % 2 or teacher_cls.shape[0] != rows:
-        raise ValueError(
-            f"global loss needs [2B, K] logits of two crops, got {tuple(student_cls.shape)} "
-            f"and {tuple(teacher_cls.shape)}"
-        )
-    # rolling the student's rows by B pairs teacher crop 0 with student crop 1 and back
-    swapped = student_cls.roll(rows // 2, dims=0)
-    per_row, t_probs = distillation_cross_entropy(
-        swapped, teacher_cls, center, student_temp, teacher_temp
-    )
-    # (mean over crop-0 rows + mean over crop-1 rows) / 2 == mean over all rows (equal halves)
-    return per_row.mean(), t_probs
-
-
-def local_distillation_loss(
-    student_patches: Tensor,
-    teacher_patches: Tensor,
-    center: Tensor,
-    student_temp: float | Tensor,
-    teacher_temp: float | Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Per-patch loss within each crop (ASiT's ``DATALoss``).
-
-    student_patches, teacher_patches: [R, N, K] (crop, patch, prototype), the same crop and
-    patch on both sides. Returns (mean over all R * N patches, teacher probabilities [R * N, K]).
-    """
-    k = student_patches.shape[-1]
-    per_row, t_probs = distillation_cross_entropy(
-        student_patches.reshape(-1, k), teacher_patches.reshape(-1, k), center, student_temp,
-        teacher_temp,
-    )  # fmt: skip
-    return per_row.mean(), t_probs
-
-
-def masked_l1_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean absolute error over the masked bins only.
-
-    pred, target: [R, T, F]; mask: [R, T, F] bool, True = corrupted. The mean runs over all
-    masked bins of the batch at once (``rloss[mask == 1].mean()``), without a host sync; 0 when
-    nothing is masked.
-    """
-    err = (_fp32(pred) - _fp32(target)).abs()
-    weight = mask.to(err.dtype)
-    err = err * weight
-    return err.sum() / weight.sum().clamp_min(1.0)
-
-
-@torch.no_grad()
-def update_center(center: Tensor, teacher_logits: Tensor, momentum: float) -> None:
-    """``center <- momentum * center + (1 - momentum) * mean over rows of teacher_logits``.
-
-    center: [K] float32 (updated in place); teacher_logits: [M, K]. Single process: the
-    paper's ``all_reduce`` of the batch sum across GPUs is an identity here.
-    """
-    batch_center = teacher_logits.to(center.dtype).mean(dim=0)
-    center.lerp_(batch_center, 1.0 - momentum)
-
-
-# ---- heads ------------------------------------------------------------------------------------
-
-
-class LocalGlobalHead(DINOHead):
-    """ASiT's distillation head: one MLP over every token, two sets of prototypes.
-
-    ``in_dim -> hidden -> hidden -> bottleneck`` (GELU between), L2-normalised, then the class
-    token goes through ``out_dim_global`` weight-normalised prototypes and each patch token
-    through ``out_dim_local`` others (ASiT's ``CLSHead``: ``cls_layer`` and ``data_layer``).
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim_global: int,
-        out_dim_local: int,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        n_layers: int = 3,
-        norm_last_layer: bool = True,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            in_dim, out_dim_global, hidden_dim, bottleneck_dim, n_layers, norm_last_layer,
-            device=device, dtype=dtype,
-        )  # fmt: skip
-        self.local_layer = prototype_layer(
-            bottleneck_dim, out_dim_local, norm_last_layer, device=device, dtype=dtype
-        )
-
-    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """tokens: [R, 1 + N, D] (class token first) -> (global [R, K_g], local [R, N, K_l])."""
-        z = F.normalize(self.mlp(tokens), dim=-1)
-        return self.last_layer(z[:, 0]), self.local_layer(z[:, 1:])
-
-    def prototype_layers(self) -> tuple[nn.Module, nn.Module]:
-        return self.last_layer, self.local_layer
-
-
-class ReconstructionHead(nn.Module):
-    """The light decoder of the masked bins (ASiT's ``RECHead``), applied per patch token.
-
-    MLP ``in_dim -> hidden -> hidden -> bottleneck`` with GELU after every layer, then a linear
-    map to the ``pt * pf`` bins of the token's own patch (the paper's transposed convolution
-    with kernel = stride = patch size is exactly this per-token map).
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        patch_size: tuple[int, int],
-        hidden_dim: int = 768,
-        bottleneck_dim: int = 128,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__()
-        kw = {"device": device, "dtype": dtype}
-        dims = [in_dim, hidden_dim, hidden_dim, bottleneck_dim]
-        layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b, **kw), nn.GELU()]
-        self.mlp = nn.Sequential(*layers)
-        self.to_bins = nn.Linear(bottleneck_dim, patch_size[0] * patch_size[1], **kw)
-        for m in self.mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, patch_tokens: Tensor) -> Tensor:
-        """patch_tokens: [R, N, D] -> patches [R, N, pt * pf] (time-major within a patch)."""
-        return self.to_bins(self.mlp(patch_tokens))
-
-
-class StudentBranch(nn.Module):
-    """Encoder + distillation head: the part of the student the EMA teacher copies."""
-
-    def __init__(self, encoder: nn.Module, head: LocalGlobalHead):
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """crops: [R, T, F] -> (tokens [R, 1 + N, D], global [R, K_g], local [R, N, K_l])."""
-        tokens = self.encoder.forward_features(crops)
-        cls_logits, patch_logits = self.head(tokens)
-        return tokens, cls_logits, patch_logits
-
 
 # ---- the recipe ---------------------------------------------------------------------------------
 
@@ -270,10 +89,12 @@ class ASiT(nn.Module):
     """Views, student, EMA teacher, heads and losses of the ASiT recipe.
 
     Args:
-        encoder: a ViT from ``fastspec.models.create_model`` (the student; the teacher is a
-            copy made here).
-        crop_frames: frames per crop, rounded down to whole patches (6 s of the Kaldi preset:
-            598 frames -> 592, the paper's ``num_frames``).
+        encoder: any encoder of the contract (``fastspec.models.create_model``), the student;
+            the teacher is a copy made here. Its output tokens carry the local distillation and
+            the reconstruction (one per ``patch_size`` footprint: a 16x16 ViT patch, a MAST
+            mask unit), and GMML's rectangles are counted per output token.
+        crop_frames: frames per crop, rounded down to whole output tokens (6 s of the Kaldi
+            preset: 598 frames -> 592 with 16-frame patches, the paper's ``num_frames``).
         mask_kind, mask_ratio: the mask sampler and the top of its band (``group``, 0.7: the
             paper's ``drop_perc``). Other kinds mask whole patches.
         mask_min_ratio, max_block: GMML's band bottom (0.5) and largest rectangle side (0.3).
@@ -327,7 +148,7 @@ class ASiT(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        pt = encoder.patch_size[0]
+        pt = encoder.frame_hop
         if crop_frames < pt:
             raise ValueError(f"crop_frames ({crop_frames}) must be at least one patch ({pt})")
         if fill not in FILLS:
@@ -417,6 +238,7 @@ class ASiT(nn.Module):
         rows = 2 * batch
         clean = views.reshape(rows, self.crop_frames, mel.shape[2])
         grid = self.student.encoder.grid(self.crop_frames)
+        generator = view_rows(generator, 2)  # per-clip keyed draws: one source per crop row
         spec_mask = self._spec_mask(
             rows, grid, self.mask_ratio, self.mask_min_ratio, generator, mel.device
         )
@@ -427,12 +249,16 @@ class ASiT(nn.Module):
             paste_mask = self._spec_mask(
                 rows, grid, self.paste_ratio, self.paste_ratio, generator, mel.device
             )
+            # the partner is any other clip of the step's global batch (gathered under torchrun)
+            pools = gather_view_major(clean, 2).reshape(2, -1, *clean.shape[1:])
+            per_view = row_chunks(generator, 2)
             pasted = torch.cat([
                 apply_group_mask(views[v], paste_mask[v * batch:(v + 1) * batch], "paste",
-                                 generator=generator)[0]
+                                 generator=per_view[v], pool=pools[v],
+                                 pool_offset=rank() * batch)[0]
                 for v in range(2)
             ])  # fmt: skip
-            use_paste = torch.rand(rows, generator=generator, device=mel.device) < self.paste_prob
+            use_paste = uniform_rows(generator, (rows,), mel.device) < self.paste_prob
             corrupted = torch.where(use_paste[:, None, None], pasted, corrupted)
             spec_mask = torch.where(use_paste[:, None, None], paste_mask, spec_mask)
         return clean, corrupted, spec_mask
@@ -555,15 +381,13 @@ class ASiT(nn.Module):
         (forward + backward), heads included.
 
         Every clip is cut into two crops of ``crop_frames`` whatever ``n_frames`` (shorter
-        clips are padded), so the count does not depend on it. Dense matmul FLOPs only (see
-        ``transformer_train_flops``): a forward matmul of ``m x k`` by ``k x n`` is ``2 m k n``;
-        its backward twice that (input and weight gradients), except the patch embedding,
-        whose input (the mel) needs no gradient.
+        clips are padded), so the count does not depend on it. Dense matmul FLOPs only: the
+        encoder's from the contract (``forward_flops``, ``train_flops``); a head's forward
+        matmul of ``m x k`` by ``k x n`` is ``2 m k n``, its backward twice that.
         """
         enc = self.student.encoder
-        pt, pf = enc.patch_size
         t_p, f_p = enc.grid(self.crop_frames)
-        n, d, p = t_p * f_p, enc.embed_dim, pt * pf
+        n = t_p * f_p  # output tokens per crop
         head = self.student.head
         mlp = [m for m in head.mlp if isinstance(m, nn.Linear)]
         head_fwd = 2 * (n + 1) * sum(m.in_features * m.out_features for m in mlp)
@@ -571,21 +395,18 @@ class ASiT(nn.Module):
         head_fwd += 2 * bottleneck * (self.out_dim_global + n * self.out_dim_local)
         rec = [m for m in self.rec_head.modules() if isinstance(m, nn.Linear)]
         rec_fwd = 2 * n * sum(m.in_features * m.out_features for m in rec)
-        embed_fwd = 2 * n * p * d
-
-        blocks_train = transformer_train_flops(n + 1, d, enc.depth, enc.mlp_ratio)
-        student = blocks_train + 2 * embed_fwd + 3 * (head_fwd + rec_fwd)
-        teacher = blocks_train / 3 + embed_fwd + head_fwd
+        student = enc.train_flops(self.crop_frames) + 3 * (head_fwd + rec_fwd)
+        teacher = sum(enc.forward_flops(self.crop_frames).values()) + head_fwd
         return float(2 * (student + teacher))
 
 
+RECIPE_SPECS = (
+    RecipeSpec("asit", ASiT, asit_options, "asit", AsitConfig, paper=ASIT_PAPER, demo=ASIT_DEMO),
+)
+
 __all__ = [
     "ASiT",
-    "LocalGlobalHead",
-    "ReconstructionHead",
-    "distillation_cross_entropy",
-    "global_distillation_loss",
-    "local_distillation_loss",
-    "masked_l1_loss",
-    "update_center",
+    "AsitConfig",
+    "RECIPE_SPECS",
+    "asit_options",
 ]

@@ -4,37 +4,72 @@ Per clip, two independent random crops (6 s, 600 frames = 150 full-frequency 64 
 40 ms) are cut from the log-mel on the device. Each crop is augmented segment-wise, as ATST's
 loader does: log-mixup-exp against a memory of past crops, then a random resize crop in time and
 frequency (:mod:`fastspec.recipes.augment`). Student and EMA teacher encode both crops (one
-batched pass each, crops shorter than 6 s padded and hidden from attention); the student's class
-token goes through the projector and predictor, the teacher's through its projector, and the
+batched pass each, crops shorter than 6 s padded and hidden from attention); the student's clip
+embedding (the class token, or the mean of the valid output tokens with ``pooling="mean"``) goes
+through the projector and predictor, the teacher's through its projector, and the
 loss is BYOL's ``2 - 2 cos`` between the student's prediction for one crop and the teacher's
 projection of the other, averaged over both directions (ATST's ``ByolLoss``).
+
+Any encoder of the contract: the recipe asks for full-frequency output tokens of
+``token_frames`` frames (:meth:`ATSTClip.encoder_options`); a ViT then has ATST's 64 x 4 patches,
+MAST pools frequency to one token per time step (its class token is pooled with the rest).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastspec.models.vit import pad_frames
+from fastspec.masking.clip_rng import view_rows
+from fastspec.models import SpectrogramEncoder
 from fastspec.recipes.augment import MixupMemory, random_resize_crop
 from fastspec.recipes.byol import (
+    ATST_DEMO,
+    ATST_PAPER,
+    AtstConfig,
     BYOLPair,
+    atst_common_options,
     byol_loss,
     crop_lengths,
-    token_lengths_of,
     whole_patch_frames,
 )
 from fastspec.recipes.monitors import embedding_spread
+from fastspec.recipes.spec import RecipeSpec
 from fastspec.recipes.views import random_time_crops
+
+# ==== settings: section `atst` (fastspec.recipes.byol), paper and demo defaults ================
+
+
+def atst_clip_options(cfg) -> dict:
+    """ATSTClip's constructor arguments: the ``atst`` section, two 6 s crops by default."""
+    a = cfg.atst
+    options = atst_common_options(cfg, default_crop_seconds=6.0)
+    return {**options, "time_scale": a.time_scale, "time_canvas": a.time_canvas,
+            "pooling": a.clip_pooling}  # fmt: skip
+
+
+# the paper's base model: 6 GPUs x 256 clips, lr 2e-4 per 256, 15,860 warm-up of 318,000 steps,
+# momentum 0.9995; here the 6-GPU batch is one GPU's batch times 6 accumulation steps
+ATST_CLIP_PAPER = {
+    **ATST_PAPER,
+    "atst.ema_momentum": 0.9995,
+    "optim.blr": 2e-4,
+    "optim.warmup_steps": 15_860,
+    "optim.accum_steps": 6,
+    "train.steps": 318_000,
+    "train.batch_size": 256,
+}
+ATST_CLIP_DEMO = {**ATST_DEMO, "atst.crop_seconds": 1.5}
+
+# ==== end of settings ==========================================================================
 
 
 class ATSTClip(BYOLPair):
     """Encoder + BYOL heads + EMA teacher + augmentations of the ATST-Clip recipe.
 
     Args:
-        encoder: a ViT (``patch_size=(4, 64)``, ``n_mels=64`` for the paper's 40 ms tokens) or
-            any encoder with ``forward_features(mel, token_lengths=...)`` returning the class
-            token first (MAST).
+        encoder: any encoder, normally built with :meth:`encoder_options` (``n_mels=64`` and
+            ``frame_tokens=4`` for the paper's 40 ms tokens).
         crop_frames: frames per crop (paper: 6 s = 601 frames at a 10 ms hop); cut down to whole
             patches (600).
         proj_hidden, proj_dim: projector / predictor widths (4096, 256).
@@ -44,11 +79,14 @@ class ATSTClip(BYOLPair):
             number of past crops remembered (2000).
         freq_scale, time_scale, time_canvas: the random resize crop (0.6-1.5 on both axes, a
             canvas 1.5x as long as the crop; frequency canvas 1x).
+        token_frames: frames per full-frequency output token asked of the encoder (4 = 40 ms).
+        pooling: the clip embedding BYOL compares: ``cls`` (the class token, ATST) or ``mean``
+            (the mean of the valid output tokens).
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: SpectrogramEncoder,
         *,
         crop_frames: int = 601,
         proj_hidden: int = 4096,
@@ -60,6 +98,8 @@ class ATSTClip(BYOLPair):
         freq_scale: tuple[float, float] = (0.6, 1.5),
         time_scale: tuple[float, float] = (0.6, 1.5),
         time_canvas: float = 1.5,
+        token_frames: int = 4,
+        pooling: str = "cls",
         device=None,
         dtype=None,
     ):
@@ -72,14 +112,22 @@ class ATSTClip(BYOLPair):
             device=device,
             dtype=dtype,
         )
-        self.patch_frames = encoder.patch_size[0]
-        self.crop_frames = whole_patch_frames(crop_frames, self.patch_frames)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be cls or mean, got {pooling!r}")
+        self.pooling, self.token_frames = pooling, int(token_frames)
+        self.crop_frames = whole_patch_frames(crop_frames, encoder.frame_hop)
         self.freq_scale = tuple(float(s) for s in freq_scale)
         self.time_scale = tuple(float(s) for s in time_scale)
         self.time_canvas = float(time_canvas)
         self.memory = MixupMemory(
             memory_size, self.crop_frames, encoder.n_mels, mixup_ratio, device=device
         )
+
+    @staticmethod
+    def encoder_options(token_frames: int = 4, **options) -> dict:
+        """Contract options asked of the encoder: full-frequency tokens of ``token_frames``."""
+        del options
+        return {"frame_tokens": int(token_frames)}
 
     # ---- views --------------------------------------------------------------------------------
 
@@ -102,9 +150,10 @@ class ATSTClip(BYOLPair):
         )  # [2, B, crop, F], [2, B]
         lengths = crop_lengths(starts, frame_lengths, mel.shape[1], self.crop_frames)
         views = crops.reshape(2 * batch, self.crop_frames, mel.shape[2]).float()
-        lengths = lengths.reshape(2 * batch)
+        lengths = None if lengths is None else lengths.reshape(2 * batch)  # None: all whole
+        generator = view_rows(generator, 2)  # per-clip keyed draws: one source per crop row
         # segment-wise, as ATST's loader: mixup with a past crop, then resize crop
-        views = self.memory(views, generator, lengths)
+        views = self.memory(views, generator, lengths, n_views=2)
         views = random_resize_crop(
             views,
             frame_lengths=lengths,
@@ -117,20 +166,24 @@ class ATSTClip(BYOLPair):
 
     # ---- loss ---------------------------------------------------------------------------------
 
-    def forward_views(self, views: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+    def forward_views(self, views: Tensor, lengths: Tensor | None) -> dict[str, Tensor]:
         """BYOL loss of two views per clip.
 
-        views: [2B, T, F] (first crops, then second crops); lengths: [2B] valid frames.
-        Returns {"loss", "spread_student", "spread_teacher"} scalars.
+        views: [2B, T, F] (first crops, then second crops); lengths: [2B] valid frames, or None
+        when no view is padded (then no attention mask at all). Returns {"loss",
+        "spread_student", "spread_teacher"} scalars.
         """
-        views = pad_frames(views, self.patch_frames)
-        token_lengths = token_lengths_of(lengths, self.patch_frames)
-        cls_student = self.student_encoder.forward_features(views, token_lengths=token_lengths)
-        cls_student = cls_student[:, 0]  # [2B, D] the class token
-        p = self.predictor(self.projector(cls_student))  # [2B, proj_dim]
+        padded = lengths is not None
+        if not padded:  # whole views: lengths for the pooling, no mask for the attention
+            lengths = torch.full((views.shape[0],), views.shape[1], device=views.device)
+        views = self.student_encoder.pad_frames(views)
+        token_lengths = self.student_encoder.token_lengths(lengths)
+        attn_lengths = token_lengths if padded else None
+        student = self.student_encoder.forward_features(views, token_lengths=attn_lengths)
+        p = self.predictor(self.projector(self.clip_embedding(student, token_lengths)))
         with torch.no_grad():
-            cls_teacher = self.teacher_encoder.forward_features(views, token_lengths=token_lengths)
-            z = self.teacher_projector(cls_teacher[:, 0])  # [2B, proj_dim]
+            teacher = self.teacher_encoder.forward_features(views, token_lengths=attn_lengths)
+            z = self.teacher_projector(self.clip_embedding(teacher, token_lengths))  # [2B, P]
         p1, p2 = p.chunk(2)
         z1, z2 = z.chunk(2)
         # each view's prediction matches the teacher's projection of the other view
@@ -140,6 +193,18 @@ class ATSTClip(BYOLPair):
             "spread_student": embedding_spread(p.detach()),
             "spread_teacher": embedding_spread(z),
         }
+
+    def clip_embedding(self, tokens: Tensor, token_lengths: Tensor) -> Tensor:
+        """tokens [R, 1 + N, D] (class token first, grid order) -> [R, D]: the class token, or
+        the mean of the output tokens of the valid time steps (``pooling``)."""
+        if self.pooling == "cls":
+            return tokens[:, 0]
+        enc = self.student_encoder
+        steps = (tokens.shape[1] - 1) // enc.grid(self.crop_frames)[1]  # output time steps
+        frames = enc.frame_tokens(tokens, steps * enc.frame_hop)  # [R, T, D]
+        valid = torch.arange(frames.shape[1], device=tokens.device) < token_lengths[:, None]
+        weight = valid.to(frames.dtype)[..., None]  # [R, T, 1]
+        return (frames * weight).sum(dim=1) / weight.sum(dim=1)
 
     def forward(
         self,
@@ -165,9 +230,13 @@ class ATSTClip(BYOLPair):
         projector forward).
         """
         del n_frames  # every crop is crop_frames long, padded when the clip is shorter
-        padded = -(-self.crop_frames // self.patch_frames) * self.patch_frames
-        flops = self.encoders_train_flops(padded, views=2)
+        flops = self.encoders_train_flops(self.crop_frames, views=2)
         return float(flops + self.heads_train_flops(rows=1, views=2))
 
 
-__all__ = ["ATSTClip"]
+RECIPE_SPECS = (
+    RecipeSpec("atst-clip", ATSTClip, atst_clip_options, "atst", AtstConfig,
+               paper=ATST_CLIP_PAPER, demo=ATST_CLIP_DEMO),
+)  # fmt: skip
+
+__all__ = ["ATSTClip", "RECIPE_SPECS", "atst_clip_options"]

@@ -13,10 +13,17 @@ and the student's prediction for each copy matches the teacher's frames of the o
 two directions averaged (ATST-Frame's ``ByolLoss(symmetric=True)``). With ``symmetric=False`` the
 student sees only the augmented copy and the teacher only the clean one.
 
-No host sync: every mask kind except ``group`` hides the same number of tokens in every row, so
-the masked frames are gathered into a fixed-shape [R, M, D] tensor, and frames that fall in a
-crop's padding are kept out of the batch-norm statistics and the loss by weights, not by
-boolean indexing.
+No host sync: every mask kind except ``group`` lists the same number M of masked candidates in
+every row (the complement of ``ids_keep``), so they are gathered into a fixed-shape [R, M, D]
+tensor; candidates that fall in a crop's padding, or that overlapping time spans left unmasked,
+are kept out of the batch-norm statistics and the loss by weights, not by boolean indexing.
+
+Any encoder of the contract: the recipe asks for full-frequency output tokens of
+``token_frames`` frames (:meth:`ATSTFrame.encoder_options`), so the time spans are masked on the
+encoder's output time axis and every output token is one frame with its time span
+(``frame_spans``). A ViT then has ATST's 64 x 4 patches; MAST pools only frequency (and time
+only as far as ``token_frames`` allows), a masked frame's patch embeddings all get the mask
+embedding (of the embedding width), and the frame loss reads its output tokens.
 """
 
 from __future__ import annotations
@@ -25,58 +32,55 @@ import torch
 from torch import Tensor, nn
 
 from fastspec.masking import sample_mask
-from fastspec.models.vit import ViTEncoder
+from fastspec.models import SpectrogramEncoder
 from fastspec.recipes.augment import MixupMemory, random_resize_crop
 from fastspec.recipes.byol import (
+    ATST_DEMO,
+    ATST_PAPER,
+    AtstConfig,
     BYOLPair,
+    atst_common_options,
     byol_loss,
     crop_lengths,
-    token_lengths_of,
     whole_patch_frames,
 )
 from fastspec.recipes.monitors import embedding_spread
+from fastspec.recipes.spec import RecipeSpec
 from fastspec.recipes.views import random_time_crops
 
+# ==== settings: section `atst` (fastspec.recipes.byol), paper and demo defaults ================
 
-def encode_with_mask_embedding(
-    encoder: ViTEncoder,
-    mel: Tensor,
-    mask: Tensor,
-    mask_embed: Tensor,
-    token_lengths: Tensor | None = None,
-) -> Tensor:
-    """ViT forward with masked tokens replaced by a learned embedding (ATST-Frame's student).
 
-    Same computation as ``encoder.forward_features(mel, token_lengths=...)`` on all N tokens,
-    except that the patch embedding of every token with ``mask`` True is replaced by
-    ``mask_embed`` before the fixed positions are added, so a masked token still knows where it
-    is but not what it held.
+def atst_frame_options(cfg) -> dict:
+    """ATSTFrame's constructor arguments: the ``atst`` section (one 10 s crop by default) and
+    the mask of ``masking`` (``time_span`` takes the span options)."""
+    a = cfg.atst
+    spans = {"span_length": a.span_length, "min_spans": a.min_spans, "overlap": a.span_overlap}
+    return {
+        **atst_common_options(cfg, default_crop_seconds=10.0),
+        "mask_kind": cfg.masking.kind,
+        "mask_ratio": cfg.masking.ratio,
+        "mask_options": spans if cfg.masking.kind == "time_span" else {},
+        "symmetric": a.symmetric,
+    }
 
-    mel: [B, T, F]; mask: [B, N] bool on the patch grid (True = masked); mask_embed: [D];
-    token_lengths: [B] valid time patches (the rest is padding no token attends to).
-    Returns [B, 1 + N, D] after the final LayerNorm, class token first.
-    """
-    grid = encoder.grid(mel.shape[1])
-    batch = mel.shape[0]
-    if mask.shape != (batch, grid[0] * grid[1]):
-        raise ValueError(
-            f"mask must be [B, N] = [{batch}, {grid[0] * grid[1]}], got {tuple(mask.shape)}"
-        )
-    x = encoder.patch_embed(encoder.patchify(mel))  # [B, N, D]
-    # where() promotes a bf16 embedding (autocast) and the fp32 mask embedding to fp32, and the
-    # fp32 positions keep the residual stream in fp32, as ViTEncoder.forward_features does
-    x = torch.where(mask[..., None], mask_embed, x)
-    x = x + encoder.position_embedding(grid, mel.device)
-    cls = encoder.cls_token.to(x.dtype).expand(batch, 1, -1)  # its position term is zero
-    x = torch.cat([cls, x], dim=1)
-    key_padding_mask = None
-    if token_lengths is not None:
-        pad = encoder.token_padding_mask(token_lengths.to(mel.device), grid)  # [B, N]
-        cls_valid = torch.zeros(batch, 1, dtype=torch.bool, device=mel.device)
-        key_padding_mask = torch.cat([cls_valid, pad], dim=1)  # [B, 1 + N]
-    for block in encoder.blocks:
-        x = block(x, key_padding_mask)
-    return encoder.norm(x)
+
+# the paper's base model: 6 GPUs x 144 clips, lr 8e-5 per 256, 19,900 warm-up of 398,000 steps,
+# momentum 0.9996, 65 % time-span masking; here the 6-GPU batch is 6 accumulation steps
+_TIME_SPAN = {"masking.kind": "time_span", "masking.ratio": 0.65}
+ATST_FRAME_PAPER = {
+    **ATST_PAPER,
+    **_TIME_SPAN,
+    "atst.ema_momentum": 0.9996,
+    "optim.blr": 8e-5,
+    "optim.warmup_steps": 19_900,
+    "optim.accum_steps": 6,
+    "train.steps": 398_000,
+    "train.batch_size": 144,
+}
+ATST_FRAME_DEMO = {**ATST_DEMO, **_TIME_SPAN, "atst.crop_seconds": 2.0}
+
+# ==== end of settings ==========================================================================
 
 
 def masked_token_ids(ids_restore: Tensor, n_keep: int) -> Tensor:
@@ -95,9 +99,8 @@ class ATSTFrame(BYOLPair):
     """Encoder + mask embedding + BYOL heads + EMA teacher + augmentations of ATST-Frame.
 
     Args:
-        encoder: a :class:`~fastspec.models.vit.ViTEncoder`, normally with
-            ``patch_size=(4, 64)`` and ``n_mels=64`` (one token per 40 ms); the frame loss needs
-            a token per patch, so pooling encoders (MAST) are refused.
+        encoder: any encoder, normally built with :meth:`encoder_options` (``n_mels=64`` and
+            ``frame_tokens=4``: one full-frequency output token per 40 ms).
         crop_frames: frames of the one crop per clip (paper: 10 s = 1001 frames), cut down to
             whole patches (1000 = 250 tokens).
         mask_kind, mask_ratio, mask_options: the mask sampler (``time_span``, 0.65, spans of 5
@@ -108,11 +111,12 @@ class ATSTFrame(BYOLPair):
             (paper base: 4096, 256, 0.9996 -> 1).
         mixup_ratio, memory_size, freq_scale: the student copy's log-mixup-exp (0.4, 2000) and
             mel-axis random resize crop (0.6-1.5).
+        token_frames: frames per full-frequency output token asked of the encoder (4 = 40 ms).
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: SpectrogramEncoder,
         *,
         crop_frames: int = 1001,
         mask_kind: str = "time_span",
@@ -126,14 +130,10 @@ class ATSTFrame(BYOLPair):
         mixup_ratio: float = 0.4,
         memory_size: int = 2000,
         freq_scale: tuple[float, float] = (0.6, 1.5),
+        token_frames: int = 4,
         device=None,
         dtype=None,
     ):
-        if not isinstance(encoder, ViTEncoder):
-            raise ValueError(
-                f"atst-frame needs a ViT encoder (one output token per patch for the frame "
-                f"loss); got {type(encoder).__name__}, which pools tokens"
-            )
         if mask_kind == "group":
             raise ValueError(
                 "atst-frame needs a mask kind that hides the same number of tokens in every "
@@ -148,17 +148,22 @@ class ATSTFrame(BYOLPair):
             device=device,
             dtype=dtype,
         )
-        self.patch_frames = encoder.patch_size[0]
-        self.crop_frames = whole_patch_frames(crop_frames, self.patch_frames)
+        self.token_frames = int(token_frames)
+        self.crop_frames = whole_patch_frames(crop_frames, encoder.frame_hop)
         self.mask_kind = mask_kind
         self.mask_ratio = float(mask_ratio)
         if mask_options is None:
-            mask_options = {"span_length": 5, "min_spans": 2} if mask_kind == "time_span" else {}
+            mask_options = (
+                {"span_length": 5, "min_spans": 2, "overlap": True}
+                if mask_kind == "time_span"
+                else {}
+            )
         self.mask_options = dict(mask_options)
         self.symmetric = bool(symmetric)
         self.freq_scale = tuple(float(s) for s in freq_scale)
-        # ATST-Frame's mask_embed: [D], truncated normal std 0.02; the student's alone
-        self.mask_embed = nn.Parameter(torch.empty(encoder.embed_dim, device=device, dtype=dtype))
+        # ATST-Frame's mask_embed: [D_0] (the patch embedding's width), truncated normal std
+        # 0.02; the student's alone
+        self.mask_embed = nn.Parameter(torch.empty(encoder.embed_width, device=device, dtype=dtype))
         nn.init.trunc_normal_(self.mask_embed, std=0.02)
         self.memory = MixupMemory(
             memory_size, self.crop_frames, encoder.n_mels, mixup_ratio, device=device
@@ -167,6 +172,12 @@ class ATSTFrame(BYOLPair):
         grid = encoder.grid(self.crop_frames)
         probe = self._sample_mask(1, torch.Generator().manual_seed(0), "cpu")
         self.n_masked = grid[0] * grid[1] - probe.ids_keep.shape[1]  # M, the same in every row
+
+    @staticmethod
+    def encoder_options(token_frames: int = 4, **options) -> dict:
+        """Contract options asked of the encoder: full-frequency tokens of ``token_frames``."""
+        del options
+        return {"frame_tokens": int(token_frames)}
 
     def _sample_mask(self, batch: int, generator, device):
         return sample_mask(
@@ -198,7 +209,8 @@ class ATSTFrame(BYOLPair):
             mel, self.crop_frames, 1, frame_lengths=frame_lengths, generator=generator
         )  # [1, B, crop, F], [1, B]
         clean = crops[0].float()
-        lengths = crop_lengths(starts, frame_lengths, mel.shape[1], self.crop_frames)[0]
+        lengths = crop_lengths(starts, frame_lengths, mel.shape[1], self.crop_frames)
+        lengths = None if lengths is None else lengths[0]  # None: every crop whole
         # the student's copy: mixup with a past crop, then resize crop along mel only
         augmented = self.memory(clean, generator, lengths)
         augmented = random_resize_crop(
@@ -224,29 +236,37 @@ class ATSTFrame(BYOLPair):
         self,
         clean: Tensor,
         augmented: Tensor,
-        lengths: Tensor,
+        lengths: Tensor | None,
         mask: Tensor,
         ids_masked: Tensor,
     ) -> dict[str, Tensor]:
         """BYOL loss on the masked frames of the two copies.
 
-        clean, augmented: [B, T, F] (T = crop frames); lengths: [B] valid frames; mask: [B, N]
-        bool; ids_masked: [B, M] grid indices of the masked tokens (M the same for every row).
+        clean, augmented: [B, T, F] (T = crop frames); lengths: [B] valid frames, or None when
+        no crop is padded; mask: [B, N] bool; ids_masked: [B, M] grid indices of the masked
+        tokens (M the same for every row).
         Returns {"loss", "spread_student", "spread_teacher"} scalars.
         """
-        token_lengths = token_lengths_of(lengths, self.patch_frames)  # [B]
+        padded = lengths is not None  # None: no crop padded, so no attention mask at all
+        if not padded:
+            lengths = torch.full((clean.shape[0],), clean.shape[1], device=clean.device)
+        token_lengths = self.student_encoder.token_lengths(lengths)  # [B]
         t_of_token = ids_masked // self.student_encoder.grid(clean.shape[1])[1]  # [B, M] time index
-        real = t_of_token < token_lengths[:, None]  # [B, M] masked frames of real audio
+        # masked frames of real audio; overlapping spans mask fewer than M tokens in a row, and
+        # the candidates ids_masked names beyond those are left out of the loss
+        real = (t_of_token < token_lengths[:, None]) & torch.gather(mask, 1, ids_masked)  # [B, M]
         if self.symmetric:  # both copies through both networks: rows [clean; augmented]
             student_in = teacher_in = torch.cat([clean, augmented])
             rows = 2
         else:
             student_in, teacher_in, rows = augmented, clean, 1
-        r_lengths, r_mask = token_lengths.repeat(rows), mask.repeat(rows, 1)
+        r_lengths = token_lengths.repeat(rows) if padded else None
+        r_mask = mask.repeat(rows, 1)
         r_ids, r_real = ids_masked.repeat(rows, 1), real.repeat(rows, 1)
 
-        tokens = encode_with_mask_embedding(
-            self.student_encoder, student_in, r_mask, self.mask_embed, r_lengths
+        # the masked tokens' patch embeddings replaced by the mask embedding, before positions
+        tokens = self.student_encoder.forward_features(
+            student_in, token_lengths=r_lengths, mask=r_mask, mask_embed=self.mask_embed
         )
         frames = self._frames_at(tokens, r_ids)  # [R, M, D]
         p = self.predictor(self.projector(frames, r_real), r_real)  # [R, M, proj_dim]
@@ -294,4 +314,14 @@ class ATSTFrame(BYOLPair):
         return float(flops + self.heads_train_flops(rows=self.n_masked, views=copies))
 
 
-__all__ = ["ATSTFrame", "encode_with_mask_embedding", "masked_token_ids"]
+RECIPE_SPECS = (
+    RecipeSpec("atst-frame", ATSTFrame, atst_frame_options, "atst", AtstConfig,
+               paper=ATST_FRAME_PAPER, demo=ATST_FRAME_DEMO),
+)  # fmt: skip
+
+__all__ = [
+    "ATSTFrame",
+    "RECIPE_SPECS",
+    "atst_frame_options",
+    "masked_token_ids",
+]

@@ -33,6 +33,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from fastspec.masking.clip_rng import uniform_rows
+from fastspec.recipes.collective import gather_view_major
+
 _EPS = torch.finfo(torch.float32).eps  # ATST adds float32 eps inside the log of the mix
 _CUBIC_A = -0.75  # the cubic convolution coefficient of PyTorch's (and OpenCV's) bicubic
 
@@ -105,7 +108,7 @@ class MixupMemory(nn.Module):
 
         The weight is 0 while the memory is empty; indices fall in the filled part.
         """
-        u = torch.rand((2, batch), device=self.bank.device, generator=generator)
+        u = uniform_rows(generator, (2, batch), self.bank.device, row_dim=1)
         alpha = self.ratio * u[0] * (self.count > 0)  # no background to mix before the first push
         filled = self.count.clamp_min(1)
         index = (u[1] * filled).long().clamp_max(filled - 1)  # uniform over filled slots
@@ -148,11 +151,19 @@ class MixupMemory(nn.Module):
         x: Tensor,
         generator: torch.Generator | None = None,
         frame_lengths: Tensor | None = None,
+        n_views: int = 1,
     ) -> Tensor:
-        """Mix ``x`` [B, T, F] with past crops, then remember ``x``; returns [B, T, F]."""
+        """Mix ``x`` [B, T, F] with past crops, then remember ``x``; returns [B, T, F].
+
+        Under torchrun every rank remembers the crops of the whole step's batch, in the order
+        one process would (``x`` holds ``n_views`` view-major blocks), so the memories of all
+        ranks stay one and the same memory.
+        """
         alpha, index = self.draw(x.shape[0], generator)
         mixed = self.mix(x, alpha, index, frame_lengths)
-        self.push(x, frame_lengths)
+        if frame_lengths is None:
+            frame_lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        self.push(gather_view_major(x, n_views), gather_view_major(frame_lengths, n_views))
         return mixed
 
     def _check(self, x: Tensor) -> None:
@@ -211,7 +222,7 @@ def draw_resize_crop(
     The scales are fractions of the input length; the canvas factors are at least 1.
     """
     device = frame_lengths.device
-    u = torch.rand((4, batch), device=device, generator=generator)
+    u = uniform_rows(generator, (4, batch), device, row_dim=1)  # per clip if keyed
     bins = torch.full((batch,), n_mels, dtype=torch.long, device=device)
     f_start, f_size, f_canvas = _draw_axis(bins, freq_scale, freq_canvas, u[0], u[2])
     t_start, t_size, t_canvas = _draw_axis(

@@ -14,14 +14,137 @@ momentum rises from ``ema_base`` to ``ema_final`` on a cosine over the run
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastspec.models.flops import transformer_train_flops
+from fastspec.config_base import check, check_all
+from fastspec.frontend import get_preset, num_frames
 from fastspec.recipes.heads import MLPHead
 from fastspec.recipes.monitors import collapse_warnings
 from fastspec.recipes.teacher import EMATeacher, ema_momentum
+
+# ==== settings: config section `atst`, shared by atst-clip and atst-frame ======================
+
+
+@dataclass
+class AtstConfig:
+    """Settings of the ``atst-clip`` and ``atst-frame`` recipes (ATST-Frame's mask kind and
+    ratio are ``masking.kind`` and ``masking.ratio``)."""
+
+    crop_seconds: float | None = None
+    """Length of each crop taken from a clip; None: the paper's, 6 s for atst-clip's two crops
+    and 10 s for atst-frame's one. Cut down to whole patches (601 -> 600 frames)."""
+    ema_momentum: float = 0.99
+    """Teacher momentum at the first step; it rises on a cosine to 1 at the last (the paper's
+    base models: 0.9995 atst-clip, 0.9996 atst-frame)."""
+    proj_hidden: int = 4096
+    """Hidden width of the projector and the predictor (Linear -> BatchNorm -> ReLU -> Linear)."""
+    proj_dim: int = 256
+    """Output width of the projector and the predictor: the space of the BYOL loss."""
+    mixup_ratio: float = 0.4
+    """Largest weight of the past crop in log-mixup-exp (0 disables mixing)."""
+    memory_size: int = 2000
+    """Past crops remembered for log-mixup-exp (held on the device and in checkpoints)."""
+    freq_scale: tuple[float, float] = (0.6, 1.5)
+    """Random resize crop: range of the crop height as a fraction of the mel bins."""
+    time_scale: tuple[float, float] = (0.6, 1.5)
+    """Random resize crop (atst-clip only): range of the crop width as a fraction of the
+    frames. atst-frame never resizes time: its copies must stay aligned frame for frame."""
+    time_canvas: float = 1.5
+    """Random resize crop (atst-clip only): the zero canvas the crop is cut from, as a multiple
+    of the crop's length."""
+    span_length: int = 5
+    """atst-frame with ``masking.kind=time_span``: tokens (40 ms each) per masked span."""
+    min_spans: int = 2
+    """atst-frame with ``masking.kind=time_span``: at least this many spans are masked."""
+    span_overlap: bool = True
+    """atst-frame with ``masking.kind=time_span``: fairseq's overlapping spans as the paper's
+    reference (about 50 % of the frames masked at ratio 0.65); False: exactly ``ratio``, in
+    spans that never overlap."""
+    symmetric: bool = True
+    """atst-frame: both copies go through student and teacher and the two directions of the
+    loss are averaged (paper); False: student on the augmented copy, teacher on the clean one."""
+    token_frames: int = 4
+    """Frames per output token, each token spanning every mel bin (4 = ATST's 40 ms at a 10 ms
+    hop). The recipe asks its encoder for this layout through the encoder contract
+    (``frame_tokens``): a ViT gets 4 x 64 patches, MAST pools frequency to one token and time
+    only as far as this allows."""
+    clip_pooling: str = "cls"
+    """atst-clip: the clip embedding BYOL compares, ``cls`` (the class token, ATST) or ``mean``
+    (the mean of the valid output tokens)."""
+
+    def __post_init__(self):
+        check(
+            self.crop_seconds is None or self.crop_seconds > 0,
+            "atst.crop_seconds",
+            self.crop_seconds,
+            "must be > 0 (or None for the recipe's)",
+        )
+        check(0 <= self.ema_momentum < 1, "atst.ema_momentum", self.ema_momentum,
+              "must be in [0, 1)")  # fmt: skip
+        check_all(self, "atst", ("proj_hidden", "proj_dim", "memory_size", "span_length",
+                                 "min_spans", "token_frames"), lambda v: v >= 1, "must be >= 1")  # fmt: skip
+        check(0 <= self.mixup_ratio <= 1, "atst.mixup_ratio", self.mixup_ratio,
+              "must be in [0, 1]")  # fmt: skip
+        check_all(self, "atst", ("freq_scale", "time_scale"),
+                  lambda v: 0 < v[0] <= v[1] and v[1] >= 1,
+                  "must be (low, high) with 0 < low <= high and high >= 1")  # fmt: skip
+        check(self.time_canvas >= 1, "atst.time_canvas", self.time_canvas, "must be >= 1")
+        check(self.clip_pooling in ("cls", "mean"), "atst.clip_pooling", self.clip_pooling,
+              "must be cls or mean")  # fmt: skip
+
+
+def atst_common_options(cfg, default_crop_seconds: float) -> dict:
+    """Constructor arguments both ATST recipes take from the ``atst`` section, the crop
+    converted from seconds to frames of the run's front end."""
+    a = cfg.atst
+    seconds = a.crop_seconds if a.crop_seconds is not None else default_crop_seconds
+    features = get_preset(
+        cfg.frontend.preset, sample_rate=cfg.data.sample_rate, n_mels=cfg.frontend.n_mels
+    )
+    return {
+        "crop_frames": int(num_frames(round(seconds * cfg.data.sample_rate), features)),
+        "proj_hidden": a.proj_hidden,
+        "proj_dim": a.proj_dim,
+        "ema_base": a.ema_momentum,
+        "mixup_ratio": a.mixup_ratio,
+        "memory_size": a.memory_size,
+        "freq_scale": a.freq_scale,
+        "token_frames": a.token_frames,
+    }
+
+
+# ATST's input for both recipes (``atst`` features, 64 mel; 40 ms full-frequency tokens are asked
+# of the encoder by the recipe, ``atst.token_frames``) and the
+# training both share (audiossl's train_base.sh / README): AdamW (0.9, 0.999), weight decay
+# cosine 0.04 -> 0.4, cosine lr to 1e-6, 10 s AudioSet clips, ViT-B.
+ATST_PAPER = {
+    "frontend.preset": "atst",
+    "frontend.n_mels": 64,
+    "data.clip_seconds": 10.0,
+    "model.name": "vit_base_patch16",
+    "optim.min_lr": 1e-6,
+    "optim.weight_decay": 0.04,
+    "optim.weight_decay_end": 0.4,
+    "optim.betas": (0.9, 0.999),
+}
+# about a minute on a 2-core CPU: a 4-block ViT on 2 s clips, narrow heads
+ATST_DEMO = {
+    "frontend.preset": "atst",
+    "frontend.n_mels": 64,
+    "atst.proj_hidden": 256,
+    "atst.proj_dim": 128,
+    "atst.memory_size": 256,
+    "optim.weight_decay": 0.04,
+    "optim.weight_decay_end": 0.4,
+    "optim.betas": (0.9, 0.999),
+    "train.steps": 200,
+}
+
+# ==== end of settings ==========================================================================
 
 
 def byol_loss(p: Tensor, z: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -39,22 +162,6 @@ def byol_loss(p: Tensor, z: Tensor, weight: Tensor | None = None) -> Tensor:
     weight = weight.to(per_row.dtype)
     # clamp keeps an all-zero weight finite without reading it back (no host sync)
     return (per_row * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def encoder_forward_flops(encoder: nn.Module, n_frames: int) -> tuple[float, float]:
-    """Dense-matmul FLOPs of one forward pass of one clip: (blocks, patch embedding).
-
-    ``n_frames`` is the (padded) input length, a multiple of the encoder's ``patch_size[0]``; all
-    tokens plus the class token are encoded. MAST encoders count themselves
-    (``forward_flops``); ViTs follow :func:`~fastspec.models.flops.transformer_train_flops`.
-    """
-    if hasattr(encoder, "forward_flops"):
-        flops = encoder.forward_flops(n_frames)
-        return float(flops["blocks"]), float(flops["patch_embed"])
-    t_p, f_p = encoder.grid(n_frames)
-    n = t_p * f_p
-    blocks = transformer_train_flops(n + 1, encoder.embed_dim, encoder.depth, encoder.mlp_ratio)
-    return blocks / 3.0, 2.0 * n * encoder.patch_dim * encoder.embed_dim
 
 
 def mlp_head_flops(head: MLPHead) -> float:
@@ -146,14 +253,9 @@ class BYOLPair(nn.Module):
         """FLOPs of the encoders for ``views`` inputs of ``n_frames`` frames per clip: the
         student forward and backward (3x, the patch embedding 2x: the mel needs no gradient)
         and the teacher forward."""
-        blocks, patch_embed = encoder_forward_flops(self.student_encoder, n_frames)
-        return views * (3.0 * blocks + 2.0 * patch_embed + blocks + patch_embed)
-
-
-def token_lengths_of(frame_lengths: Tensor, patch_frames: int) -> Tensor:
-    """Valid time tokens per crop, ``ceil(frames / pt)``, at least 1 (as the exported
-    encoder counts them): a partly filled last patch is real audio."""
-    return ((frame_lengths + patch_frames - 1) // patch_frames).clamp_min(1)
+        enc = self.student_encoder
+        forward = sum(enc.forward_flops(n_frames).values())
+        return views * (enc.train_flops(n_frames) + forward)
 
 
 def whole_patch_frames(crop_frames: int, patch_frames: int) -> int:
@@ -164,9 +266,18 @@ def whole_patch_frames(crop_frames: int, patch_frames: int) -> int:
     return max(patch_frames, crop_frames // patch_frames * patch_frames)
 
 
-def crop_lengths(starts: Tensor, frame_lengths: Tensor | None, n_frames: int, crop: int) -> Tensor:
+def crop_lengths(
+    starts: Tensor, frame_lengths: Tensor | None, n_frames: int, crop: int
+) -> Tensor | None:
     """Valid frames of crops that start at ``starts`` [...] in clips of ``frame_lengths`` [B]
-    (default: all ``n_frames``), between 1 and ``crop``."""
+    (default: all ``n_frames``), between 1 and ``crop``.
+
+    None when every crop is whole, known on the host without a sync: no clip is padded
+    (``frame_lengths`` None, as the loop passes it then) and clips hold a crop. The encoders then
+    run without a padding mask, the path that reaches the fast attention kernels.
+    """
+    if frame_lengths is None and n_frames >= crop:
+        return None
     if frame_lengths is None:
         total = torch.full_like(starts, n_frames)
     else:
@@ -175,11 +286,13 @@ def crop_lengths(starts: Tensor, frame_lengths: Tensor | None, n_frames: int, cr
 
 
 __all__ = [
+    "ATST_DEMO",
+    "ATST_PAPER",
+    "AtstConfig",
     "BYOLPair",
+    "atst_common_options",
     "byol_loss",
     "crop_lengths",
-    "encoder_forward_flops",
     "mlp_head_flops",
-    "token_lengths_of",
     "whole_patch_frames",
 ]

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastspec.recipes.collective import all_reduce_sum, world
+
 
 class DINOHead(nn.Module):
     """MLP ``in_dim -> hidden -> hidden -> bottleneck``, L2-normalise, linear to ``out_dim``.
@@ -101,12 +103,16 @@ class MLPHead(nn.Module):
         valid: optional bool of x's leading shape ([N] or [B, L]): in training, batch-norm
         statistics (and its running averages) come from the valid rows only, so rows that are
         padding do not shift them (ATST-Frame's head sees only masked frames of real audio).
-        Every row is still transformed; no host sync.
+        Every row is still transformed; no host sync. Under torchrun the statistics are those
+        of the whole step's batch over all ranks (ATST's SyncBatchNorm); with gradient
+        accumulation they remain those of one micro-batch.
         """
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        if valid is None or not self.training:
+        if (valid is None and world() == 1) or not self.training:
             return self.net(x).reshape(*shape[:-1], -1)
+        if valid is None:
+            valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         linear1, bn, act, linear2 = self.net
         h = _masked_batch_norm(linear1(x), bn, valid.reshape(-1))
         return linear2(act(h)).reshape(*shape[:-1], -1)
@@ -120,9 +126,10 @@ def _masked_batch_norm(h: Tensor, bn: nn.BatchNorm1d, valid: Tensor) -> Tensor:
     """
     dtype = torch.promote_types(h.dtype, torch.float32)
     hf, w = h.to(dtype), valid.to(dtype)[:, None]  # [N, C], [N, 1]
-    n = w.sum().clamp_min(1.0)  # stays on the device: no sync
-    mean = (hf * w).sum(dim=0) / n
-    var = ((hf - mean).square() * w).sum(dim=0) / n
+    # sums over every rank's rows under torchrun (identities on one process)
+    n = all_reduce_sum(w.sum()).clamp_min(1.0)  # stays on the device: no sync
+    mean = all_reduce_sum((hf * w).sum(dim=0)) / n
+    var = all_reduce_sum(((hf - mean).square() * w).sum(dim=0)) / n
     out = (hf - mean) * torch.rsqrt(var + bn.eps)
     if bn.affine:
         out = out * bn.weight + bn.bias

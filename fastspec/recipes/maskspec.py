@@ -1,9 +1,16 @@
 """MaskSpec (Chong et al. 2022): MAE-style masked spectrogram prediction with token dropping.
 
-The encoder sees only the kept 25 % of the 16x16 patches (masked tokens are dropped, never
-embedded); a light decoder restores the full grid with a mask token and predicts every patch; the
-loss is the mean squared error on the masked patches against per-patch normalised targets
-(MAE's ``norm_pix_loss``).
+The encoder sees only the kept 25 % of its mask units (masked units are dropped, never
+embedded); a light decoder restores the full grid with a mask token and predicts every unit's
+values; the loss is the mean squared error on the masked units against targets normalised per
+embedding patch (MAE's ``norm_pix_loss``).
+
+Any encoder of the contract (``fastspec.models.contract``): with a ViT a unit is a 16x16 patch
+and this is MaskSpec / Audio-MAE exactly; with a pooling encoder (MAST) a unit is one output
+token of the last stage (e.g. 64 frames x 64 mel), the mask is sampled on that grid so every
+pooling window of a kept unit is whole, the decoder also reads the kept units' earlier stages
+(``MAEDecoder`` with ``stage_dims``), and targets are normalised per embedding patch (8x8), the
+patch the encoder reads, as MAE normalises per ViT patch.
 """
 
 from __future__ import annotations
@@ -13,24 +20,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastspec.masking import sample_mask
-from fastspec.models import MAEDecoder
-from fastspec.models.flops import transformer_train_flops
-from fastspec.models.vit import pad_frames
+from fastspec.models import MAEDecoder, SpectrogramEncoder
+from fastspec.models.flops import mae_decoder_train_flops
+from fastspec.recipes.spec import RecipeSpec
+
+# ==== settings: sections `model` (decoder) and `masking`, paper and demo defaults ==============
+
+
+def maskspec_options(cfg) -> dict:
+    """MaskSpec's constructor arguments: the decoder of ``model``, the mask of ``masking``
+    (the paper's defaults are the sections' own: decoder 512 x 8, 16 heads, random 75 %)."""
+    return {
+        "decoder_dim": cfg.model.decoder_dim,
+        "decoder_depth": cfg.model.decoder_depth,
+        "decoder_heads": cfg.model.decoder_heads,
+        "mask_kind": cfg.masking.kind,
+        "mask_ratio": cfg.masking.ratio,
+        "norm_pix_loss": cfg.masking.norm_pix_loss,
+    }
+
+
+# about a minute on a 2-core CPU: a 2-block, 128-wide decoder behind the demo's 4-block ViT
+MASKSPEC_DEMO = {"model.decoder_dim": 128, "model.decoder_depth": 2, "model.decoder_heads": 4}
+
+# ==== end of settings ==========================================================================
 
 
 class MaskSpec(nn.Module):
     """Encoder + decoder + loss of the MaskSpec recipe.
 
     Args:
-        encoder: a ViT encoder from ``fastspec.models.create_model``.
+        encoder: any encoder from ``fastspec.models.create_model``.
         decoder_dim, decoder_depth, decoder_heads: the decoder (paper: 512 x 8, 16 heads).
-        mask_kind, mask_ratio: the mask sampler and the fraction of patches hidden.
-        norm_pix_loss: normalise each target patch to zero mean and unit variance.
+        mask_kind, mask_ratio: the mask sampler, run on the encoder's unit grid, and the
+            fraction of units hidden.
+        norm_pix_loss: normalise each embedding patch of the target to zero mean, unit variance.
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: SpectrogramEncoder,
         *,
         decoder_dim: int = 512,
         decoder_depth: int = 8,
@@ -43,13 +72,14 @@ class MaskSpec(nn.Module):
     ):
         super().__init__()
         self.encoder = encoder
-        pt, pf = encoder.patch_size
         self.decoder = MAEDecoder(
             encoder.embed_dim,
             decoder_dim=decoder_dim,
             depth=decoder_depth,
             num_heads=decoder_heads,
-            patch_dim=pt * pf,
+            patch_dim=encoder.patch_dim,
+            stage_dims=encoder.stage_dims[:-1],
+            stage_tokens=encoder.stage_tokens[:-1],
             device=device,
             dtype=dtype,
         )
@@ -58,20 +88,24 @@ class MaskSpec(nn.Module):
         self.norm_pix_loss = norm_pix_loss
 
     def forward_loss(self, target: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
-        """Mean squared error on masked patches.
+        """Mean squared error on masked units.
 
-        target, pred: [B, N, P] patches; mask: [B, N] bool, True where the encoder saw nothing.
+        target, pred: [B, N, P_t * P_f] unit footprints (``encoder.patchify`` layout);
+        mask: [B, N] bool, True where the encoder saw nothing.
         """
         target = target.float()
         if self.norm_pix_loss:
-            # per-patch statistics in fp32: bf16 variance of near-constant patches is noise
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6).sqrt()
-        per_patch = F.mse_loss(pred.float(), target, reduction="none").mean(dim=-1)  # [B, N]
-        weight = mask.to(per_patch.dtype)
+            (u_t, u_f), (pt, pf) = self.encoder.unit_size, self.encoder.embed_patch_size
+            # a unit's footprint [P_t, P_f] = [u_t, pt, u_f, pf]: statistics per embedding
+            # patch (dims pt, pf), in fp32 (bf16 variance of near-constant patches is noise)
+            patches = target.unflatten(-1, (u_t, pt, u_f, pf))
+            mean = patches.mean(dim=(-3, -1), keepdim=True)
+            var = patches.var(dim=(-3, -1), keepdim=True)
+            target = ((patches - mean) / (var + 1e-6).sqrt()).flatten(-4)
+        per_unit = F.mse_loss(pred.float(), target, reduction="none").mean(dim=-1)  # [B, N]
+        weight = mask.to(per_unit.dtype)
         # clamp keeps ratio 0 (nothing masked) finite; never a host sync
-        return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
+        return (per_unit * weight).sum() / weight.sum().clamp_min(1.0)
 
     def forward(
         self,
@@ -81,14 +115,14 @@ class MaskSpec(nn.Module):
     ) -> dict[str, Tensor]:
         """One training forward pass.
 
-        mel: [B, T, F] normalised log-mel (T is zero-padded up to a whole number of patches).
+        mel: [B, T, F] normalised log-mel (T is zero-padded up to whole units).
         generator: the RNG of the mask sampler, on mel's device (seeded per step by the loop).
         frame_lengths: [B] valid frames per clip; unused: like Audio-MAE, MaskSpec trains on
             fixed-length crops whose zero padding (short clips) is part of the input.
         Returns {"loss": scalar}.
         """
-        mel = pad_frames(mel, self.encoder.patch_size[0])
-        grid = self.encoder.grid(mel.shape[1])
+        mel = self.encoder.pad_frames(mel)
+        grid = self.encoder.grid(mel.shape[1])  # the mask-unit grid
         mask = sample_mask(
             self.mask_kind,
             mel.shape[0],
@@ -97,28 +131,25 @@ class MaskSpec(nn.Module):
             generator=generator,
             device=mel.device,
         )
-        latent = self.encoder.forward_features(mel, ids_keep=mask.ids_keep)  # [B, 1 + K, D]
-        pred = self.decoder(latent, mask.ids_restore, grid)  # [B, N, P]
+        latent, stages = self.encoder.forward_multiscale(mel, ids_keep=mask.ids_keep)
+        pred = self.decoder(latent, mask.ids_restore, grid, stages)  # [B, N, P]
         target = self.encoder.patchify(mel)  # [B, N, P]
         return {"loss": self.forward_loss(target, pred, mask.mask)}
 
     def train_flops_per_clip(self, n_frames: int) -> float:
         """Training FLOPs (forward + backward) of one clip of ``n_frames`` frames.
 
-        Dense matmul FLOPs only (see ``transformer_train_flops``); the encoder runs on the kept
-        tokens plus the class token, the decoder on the full grid plus the class token.
+        Dense matmul FLOPs only: the encoder's analytic count on the kept units
+        (``SpectrogramEncoder.train_flops``) and the decoder's on the full grid
+        (``mae_decoder_train_flops``).
         """
-        pt, pf = self.encoder.patch_size
-        t_p, f_p = self.encoder.grid(-(-n_frames // pt) * pt)
+        t_p, f_p = self.encoder.grid(
+            -(-n_frames // self.encoder.frame_hop) * self.encoder.frame_hop
+        )
         n = t_p * f_p
         n_keep = int(n * (1 - self.mask_ratio))
-        enc = self.encoder
-        dec = self.decoder
-        flops = transformer_train_flops(n_keep + 1, enc.embed_dim, enc.depth, enc.mlp_ratio)
-        flops += transformer_train_flops(n + 1, dec.decoder_dim, dec.depth, dec.mlp_ratio)
-        # patch embedding: forward + weight gradient only (the mel input needs no gradient)
-        flops += 2 * 2 * n_keep * pt * pf * enc.embed_dim
-        # decoder input projection and prediction head: forward + both gradients
-        flops += 3 * 2 * (n_keep + 1) * enc.embed_dim * dec.decoder_dim
-        flops += 3 * 2 * n * dec.decoder_dim * pt * pf
-        return float(flops)
+        flops = self.encoder.train_flops(n_frames, n_units=n_keep)
+        return float(flops + mae_decoder_train_flops(self.decoder, n_keep, n))
+
+
+RECIPE_SPECS = (RecipeSpec("maskspec", MaskSpec, maskspec_options, demo=MASKSPEC_DEMO),)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastspec.masking.clip_rng import ClipRng, uniform_rows
+
 
 def random_time_crops(
     mel: Tensor,
@@ -18,7 +20,7 @@ def random_time_crops(
     n_views: int,
     *,
     frame_lengths: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | ClipRng | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Independent random time crops of every clip.
 
@@ -38,7 +40,7 @@ def random_time_crops(
     else:
         valid = frame_lengths.to(device=mel.device, dtype=torch.long)
     room = (valid - crop_frames).clamp_min(0) + 1  # [B] number of admissible starts
-    u = torch.rand((n_views, batch), device=mel.device, generator=generator)
+    u = uniform_rows(generator, (n_views, batch), mel.device, row_dim=1)  # per clip if keyed
     starts = (u * room).long().clamp_max(room - 1)  # uniform integer in [0, room)
     # gather frames start..start+crop for each (view, clip): index [V, B, crop, F]
     idx = starts[..., None] + torch.arange(crop_frames, device=mel.device)

@@ -5,6 +5,12 @@ numbers (model, optimizer and grad-scaler state, the step, the config). It is wr
 temporary file in the same folder, flushed to disk, then renamed over the final name, so a run
 killed at any moment leaves either the old set of checkpoints or the old set plus a complete new
 one, never a torn file. Loading uses ``torch.load(weights_only=True)``, which refuses pickled code.
+
+Any world size: the model and optimizer states are consolidated, keyed by parameter name
+(:func:`gather_state`, ``torch.distributed.checkpoint.state_dict`` with full state dicts), so a
+run saved by 2 DDP or FSDP2 ranks resumes on 1 and the other way round. Under torchrun only rank
+0 writes, after every rank has handed over its shard, and the others wait at a barrier until the
+file is complete, so no rank goes on past a checkpoint that is not on disk.
 """
 
 from __future__ import annotations
@@ -63,12 +69,38 @@ def save_checkpoint(
     return final
 
 
+class CheckpointError(ValueError):
+    """A file that is not a loadable fastspec checkpoint; the message names it, in one line."""
+
+
+# what every checkpoint holds (the trainer's also hold "model", "optimizer", "scaler")
+_REQUIRED_KEYS = ("step",)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing pickled code (``weights_only=True``)."""
+    """Load a checkpoint without executing pickled code (``weights_only=True``).
+
+    Raises:
+        CheckpointError: a torn, foreign or pickled-object file, named in one line (torch's own
+            multi-line advice to load it with ``weights_only=False`` is exactly what not to do
+            with a file one was handed).
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a torn or foreign file: name it rather than show a pickle trace
-        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
+        text = str(e)
+        if "Weights only load failed" in text:  # a pickled object: refused, never unpickled
+            why = "it holds pickled Python objects, which are never loaded"
+            if "Unsupported global:" in text:
+                what = text.split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip()
+                why += f" ({what.removeprefix('GLOBAL ')})"
+        else:  # the first sentence of the first line: torch appends paragraphs of advice
+            why = (text.strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path} is not a fastspec checkpoint: {why}") from None
+    missing = [key for key in _REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a fastspec checkpoint: no {missing[0]!r} entry")
+    return state
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
@@ -88,3 +120,28 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def gather_state(model, optimizer, fsdp: bool) -> tuple[dict, dict]:
+    """Full (consolidated) model and optimizer state dicts, keyed by parameter name.
+
+    The same layout whatever wraps the recipe (nothing, DDP or FSDP2) and whatever the world
+    size, so a checkpoint resumes at any world size. With FSDP2 every rank must call this (it
+    gathers the shards) and only rank 0 receives the tensors, offloaded to the CPU.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=fsdp)
+    return get_state_dict(model, optimizer, options=options)
+
+
+def restore_state(model, optimizer, model_state: dict, optim_state: dict) -> None:
+    """Load what :func:`gather_state` saved into ``model`` and ``optimizer`` (every rank reads
+    the full checkpoint; FSDP2 keeps its own shard of it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_state_dict(
+        model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+        options=options,
+    )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Metrics of a run: the JSON-lines log, the loss plot, and device peaks for MFU."""
+"""Metrics of a run: the JSON-lines log, TensorBoard event files, the loss plot, and device peaks
+for MFU."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from fastspec._logging import notice_once
 
 # Dense peak FLOP/s per device name fragment and autocast mode, from the vendors' datasheets
 # (SXM parts, without sparsity). MFU is reported only where the peak is known.
@@ -47,9 +50,45 @@ class MetricsLog:
                     continue  # a torn last line from a killed run
         self.path.write_text("".join(line + "\n" for line in kept))
 
+        # TensorBoard event files beside metrics.jsonl when tensorboard is installed (the
+        # optional extra ``fastspec[tensorboard]``); a resumed run purges the events past its step
+        self.tensorboard = open_tensorboard(
+            self.path.parent, purge_step=truncate_after + 1 if truncate_after > 0 else 0
+        )
+
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            step = int(record["step"])
+            for key, value in record.items():
+                if (
+                    key != "step"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
+                    self.tensorboard.add_scalar(f"train/{key}", value, step)
+            self.tensorboard.flush()  # once per logging interval: readable while the run goes on
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+
+def open_tensorboard(run_dir: str | os.PathLike, purge_step: int = 0):
+    """A ``SummaryWriter`` writing into ``run_dir``, or None (with one notice) without
+    tensorboard. Events at ``purge_step`` and later from an earlier run are dropped by readers."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch raises this when the tensorboard package is missing
+        notice_once(
+            "metrics.tensorboard",
+            "metrics: tensorboard is not installed, so no event files are written "
+            "(pip install 'fastspec[tensorboard]'); metrics.jsonl and loss.png as always",
+        )
+        return None
+    return SummaryWriter(log_dir=str(run_dir), purge_step=purge_step or None)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from fastspec.data._utils import summarize_skipped
 from fastspec.data.audio import BadAudioError, DataError
-from fastspec.data.resample import resample, resample_window, resampled_length
-from fastspec.data.sources import AudioSource, summarize_skipped
+from fastspec.data.sources import AudioSource
+from fastspec.frontend.polyphase import resample, resample_window, resampled_length
 
 __all__ = ["ClipDataset", "collate_clips"]
 

@@ -1,0 +1,225 @@
+"""The fine-tuning protocols of the papers: settings, their sources, and each protocol's splits.
+
+``fastspec finetune ENCODER DATA --protocol P`` (P below; default ``folder``). Every number
+names the reference file it comes from; a number no reference gives is marked *fastspec*.
+
+AST = YuanGongND/ast (``egs/audioset/run.sh``, ``egs/esc50/run_esc.sh``); Audio-MAE =
+facebookresearch/AudioMAE (``ft_as.sh``, ``submit_ft_mask_bal.sh``, ``main_finetune_as.py``,
+``main_finetune_esc.py``, ``dataset/audioset/gen_weight.py``); MaskSpec =
+WangHelin1997/MaskSpec (``scv2/run.py``, ``scv2/run.sh``). ATST's (Audio-WestlakeU/audiossl)
+fine-tuning scripts were not consulted.
+
+==================  ===================================  ================================  ==========================  ==============================
+setting             ``audioset``                         ``esc50``                         ``speechcommands``          ``folder``
+==================  ===================================  ================================  ==========================  ==============================
+data / splits       train CSV, test ``eval_segments``    5-fold CV over the ESC-50 folds   v2 train / validation /     class folders or a manifest:
+                                                                                           test lists (35 classes)     stratified 80 / 20 split
+metric              mAP                                  accuracy (mean over folds)        accuracy                    accuracy (mAP if multi-label)
+lr                  blr 1e-3 x batch / 256 (ft_as.sh)    blr 1e-3 (main_finetune_esc)      blr 1e-3 (scv2/run.py)      blr 1e-3 (*fastspec*, as esc50)
+batch               32 = 8 x 4 GPUs (ft_as.sh)           64 (main_finetune_esc)            64 x 1 GPU (scv2/run.sh)    32 (*fastspec*)
+epochs / warm-up    60 / 4 (ft_as.sh)                    50 / 5 (main_finetune_esc)        80 / 5 (scv2/run.py)        10 / 1 (*fastspec*)
+layer-wise decay    0.75 (main_finetune_as)              0.75 (main_finetune_esc)          0.75 (scv2/run.py)          0.75 (*fastspec*, as esc50)
+weight decay        5e-4 (main_finetune_as)              0.05 (main_finetune_esc)          0.05 (scv2/run.py)          0.05 (*fastspec*)
+drop path           0.1 (main_finetune_as)               0.1 (main_finetune_esc)           0.1 (scv2/run.py)           0.1 (*fastspec*)
+mixup               alpha 0.5, every batch (main_ft_as)  none (main_finetune_esc: 0)       alpha 0.3 (scv2/run.py)     none
+SpecAugment         freqm 48, timem 192 (main_ft_as)     freqm 24, timem 96 (run_esc.sh)   none (scv2/run.py)          freqm 24, timem 96
+patch-out (tokens)  t 0.2, f 0.2, 2-D (ft_as.sh)         none                              none                        none
+balanced sampling   1000 / (count + 0.01) summed over    no                                no                          no
+                    a clip's labels, without
+                    replacement (gen_weight.py,
+                    submit_ft_mask_bal.sh)
+crop                10 s                                 5 s (the clip)                    1 s (the clip)              10 s (*fastspec*)
+==================  ===================================  ================================  ==========================  ==============================
+
+Deliberate deviations, the same for every protocol:
+
+- one schedule: linear warm-up, then a half-cycle cosine to ``min_lr`` per step (Audio-MAE's
+  ``util/lr_sched.py``; AST's ESC-50 step decay is not used, only its SpecAugment widths);
+- mixup mixes the normalised log-mel of the whole batch with the batch reversed (timm ``Mixup``,
+  batch mode, as Audio-MAE); MaskSpec mixes both waveforms and spectrograms (``wavmix``,
+  ``specmix``), here the spectrogram only;
+- SpecAugment widths are in the references' units (bins of a 128-mel input, 10 ms frames);
+  ``freqm`` is scaled to the encoder's mel bins; masked values are 0 (the normalised mean);
+- Audio-MAE's label smoothing (0.1, timm ``Mixup``) and roll-magnitude augmentation, MaskSpec's
+  waveform roll, and AST's noise augmentation are not reproduced;
+- AudioSet: Audio-MAE samples balanced only in its AudioSet-2M run (``submit_ft_mask_bal.sh``,
+  ``epoch_len`` 200000, batch 4 x 64 GPUs); its balanced-subset run ``ft_as.sh`` samples
+  uniformly (``balanced=false``). ``epoch_len`` defaults to the training set's size;
+- the epoch chosen for testing is the best on the validation clips where the data have them
+  (Speech Commands, a ``val`` folder), else the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastspec.config_base import ConfigError, check_all, set_key
+from fastspec.data import DataError
+from fastspec.evaluate.tasks import Task, kfold_splits, open_task
+
+__all__ = ["PROTOCOLS", "ProtocolSettings", "open_protocol_task", "protocol_settings"]
+
+
+@dataclass
+class ProtocolSettings:
+    """One protocol's fine-tuning recipe (``fastspec finetune --set key=value`` overrides)."""
+
+    epochs: int = 10
+    """Passes over the training clips (``epoch_len`` clips each with balanced sampling)."""
+    batch_size: int = 32
+    """Clips per optimizer step."""
+    blr: float = 1e-3
+    """Base learning rate: peak lr = blr x batch_size / 256 (Audio-MAE), unless ``lr`` is set."""
+    lr: float = 0.0
+    """Absolute peak learning rate (AST); 0 = from ``blr``."""
+    min_lr: float = 1e-6
+    """Floor of the cosine decay (Audio-MAE ``min_lr``)."""
+    warmup_epochs: float = 1.0
+    """Linear warm-up length in epochs."""
+    layer_decay: float = 0.75
+    """Layer-wise lr decay: block i of L gets lr x decay^(L + 1 - (i + 1)); the patch
+    embedding, class token and positions decay^(L + 1); the final norm and head x 1 (BEiT)."""
+    weight_decay: float = 0.05
+    """AdamW weight decay of matrices (not of 1-D parameters, the class token or positions)."""
+    drop_path: float = 0.1
+    """Stochastic depth of the encoder while fine-tuning."""
+    mixup_alpha: float = 0.0
+    """Mixup: lambda ~ Beta(alpha, alpha); 0 = off."""
+    mixup_prob: float = 1.0
+    """Probability that a batch is mixed."""
+    freqm: int = 0
+    """SpecAugment: one frequency mask up to this many bins (of 128; scaled to the encoder)."""
+    timem: int = 0
+    """SpecAugment: one time mask up to this many frames."""
+    mask_t_prob: float = 0.0
+    """Patch-out: fraction of time columns of output tokens dropped from the encoder."""
+    mask_f_prob: float = 0.0
+    """Patch-out: fraction of frequency rows of output tokens dropped from the encoder."""
+    balanced: bool = False
+    """Draw training clips by inverse label frequency (without replacement)."""
+    epoch_len: int = 0
+    """Clips per epoch with balanced sampling; 0 = the training set's size."""
+    clip_seconds: float = 10.0
+    """Random training crop; longer clips are cut, shorter ones kept whole."""
+    seed: int = 0
+    """Seed of the head, the clip order, crops, mixup and masks."""
+
+    def __post_init__(self):
+        for keys, test, why in (
+            (("epochs", "batch_size"), lambda v: v >= 1, "must be >= 1"),
+            (("blr", "clip_seconds"), lambda v: v > 0, "must be > 0"),
+            (("lr", "min_lr", "warmup_epochs", "weight_decay"), lambda v: v >= 0, "must be >= 0"),
+            (("mixup_alpha", "freqm", "timem", "epoch_len"), lambda v: v >= 0, "must be >= 0"),
+            (
+                ("drop_path", "mask_t_prob", "mask_f_prob"),
+                lambda v: 0 <= v < 1,
+                "must be in [0, 1)",
+            ),
+            (("mixup_prob",), lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+            (("layer_decay",), lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        ):
+            check_all(self, "finetune", keys, test, why)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr > 0 else self.blr * self.batch_size / 256
+
+
+PROTOCOLS: dict[str, ProtocolSettings] = {
+    "audioset": ProtocolSettings(
+        epochs=60,
+        batch_size=32,
+        blr=1e-3,
+        warmup_epochs=4,
+        layer_decay=0.75,
+        weight_decay=5e-4,
+        drop_path=0.1,
+        mixup_alpha=0.5,
+        freqm=48,
+        timem=192,
+        mask_t_prob=0.2,
+        mask_f_prob=0.2,
+        balanced=True,
+        clip_seconds=10.0,
+    ),
+    "esc50": ProtocolSettings(
+        epochs=50,
+        batch_size=64,
+        blr=1e-3,
+        warmup_epochs=5,
+        layer_decay=0.75,
+        weight_decay=0.05,
+        drop_path=0.1,
+        freqm=24,
+        timem=96,
+        clip_seconds=5.0,
+    ),
+    "speechcommands": ProtocolSettings(
+        epochs=80,
+        batch_size=64,
+        blr=1e-3,
+        warmup_epochs=5,
+        layer_decay=0.75,
+        weight_decay=0.05,
+        drop_path=0.1,
+        mixup_alpha=0.3,
+        clip_seconds=1.0,
+    ),
+    "folder": ProtocolSettings(freqm=24, timem=96),
+}
+
+
+def protocol_settings(protocol: str, overrides: list[str] = (), **fields) -> ProtocolSettings:
+    """The settings of ``protocol``, then ``fields`` (None = keep), then ``key=value`` strings
+    (typed, checked; unknown keys and protocols are errors naming them)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    given = {k: v for k, v in fields.items() if v is not None}
+    settings = dataclasses.replace(PROTOCOLS[protocol], **given)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        set_key(settings, key, value)
+    return settings
+
+
+def _spec(kind: str, data: str) -> str:
+    """``KIND:PATH`` for a dataset given by its path alone."""
+    return data if data.startswith(f"{kind}:") else f"{kind}:{data}"
+
+
+def open_protocol_task(
+    protocol: str, data: str | os.PathLike, *, test_data=None, seed: int = 0
+) -> Task:
+    """The labelled clips and splits of ``protocol`` on ``data``.
+
+    ``audioset``: ``[audioset:]SEGMENTS.csv[?audio=DIR&labels=CSV]``, tested on ``test_data``
+    or ``eval_segments.csv`` beside it. ``esc50``: ``[esc50:]ROOT[?folds=1,2,3]``, one split per
+    fold. ``speechcommands``: ``[speechcommands:]ROOT`` (v2 lists). ``folder``: class folders
+    (``ROOT/<class>/``, or ``train/``, ``test/`` and optional ``val/`` folders) or a labelled
+    manifest: a stratified 80 / 20 split unless the data (or ``test_data``) split themselves.
+    """
+    data = os.fspath(data)
+    if protocol in ("esc50", "speechcommands"):
+        if test_data is not None:
+            raise DataError(f"--test-data: the {protocol} protocol brings its own test clips")
+        return open_task(_spec(protocol, data))
+    if protocol == "audioset":
+        test = _spec("audioset", os.fspath(test_data)) if test_data is not None else None
+        task = open_task(_spec("audioset", data), test_data=test)
+        task.multilabel = True
+        return task
+    if protocol != "folder":
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if not Path(data).exists():
+        raise DataError(f"folder protocol: {data!r} does not exist")
+    task = open_task(data, test_data=test_data, folds=5, seed=seed)
+    if len(task.splits) > 1:  # unsplit data: the first fold of a stratified 5-fold split
+        holdout = kfold_splits(task.targets, 5, seed)[0]
+        task.splits = [dataclasses.replace(holdout, name="stratified 80/20")]
+        task.protocol = f"stratified 80 / 20 split (seed {seed})"
+    return task
