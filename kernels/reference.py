@@ -237,6 +237,7 @@ def logmel_ref(
     top_db: float | None,
     norm_mul: float,
     norm_add: float,
+    log_offset: float = 0.0,
 ) -> Tensor:
     """Log-mel features ``[B, T, n_mels]`` in the dtype of ``wave``.
 
@@ -249,7 +250,8 @@ def logmel_ref(
         hop_length, n_fft, center, pad_mode: framing (see ``frame_count``).
         remove_dc, preemphasis: per-frame mean removal, then ``y[n] = x[n] - a x[n-1]``.
         power: 2 for the power spectrum, 1 for magnitude.
-        log_floor, log_mult: ``log_mult * ln(max(mel, log_floor))`` (``10 / ln 10`` gives dB).
+        log_floor, log_mult: ``log_mult * ln(max(mel + log_offset, log_floor))`` (``10 / ln 10``
+            gives dB).
         top_db: clamp each clip at its maximum over valid frames minus ``top_db`` (None: off).
         norm_mul, norm_add: affine normalisation applied last.
 
@@ -272,7 +274,8 @@ def logmel_ref(
         out[:, t0 : t0 + step] = _log_mel_frames(
             frames[:, t0 : t0 + step], window, mel_fb, n_fft, remove_dc, preemphasis, power
         )
-    out = log_mult * torch.log(torch.clamp_min(out, log_floor))
+    # MaskSpec's log(x + 1e-5) adds log_offset first (0: Kaldi's floored ln)
+    out = log_mult * torch.log(torch.clamp_min(out + log_offset, log_floor))
 
     if lengths is None:
         valid = torch.ones(batch, n_frames, dtype=torch.bool, device=out.device)

@@ -14,7 +14,10 @@ def test_demo_and_paper_defaults_differ_where_time_matters():
     # MaskSpec / Audio-MAE settings on real data
     assert (paper.model.decoder_dim, paper.model.decoder_depth) == (512, 8)
     assert paper.masking.ratio == 0.75 and paper.frontend.n_mels == 128
-    assert paper.data.clip_seconds == pytest.approx(10.24)
+    # MaskSpec's input: 32 kHz, its own front end, 992 frames (9.91 s with centred framing)
+    assert (paper.data.sample_rate, paper.frontend.preset) == (32000, "maskspec")
+    assert paper.data.clip_seconds == pytest.approx(9.91)
+    assert (demo.data.sample_rate, demo.frontend.preset) == (16000, "kaldi")
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ and ``atst`` (ATST's torchaudio MelSpectrogram in dB, 64 mel).
 """
 
 from .backend import backend_report, resolve_backend
-from .config import FrontendConfig, get_preset, list_presets, num_frames
+from .config import FrontendConfig, get_preset, list_presets, num_frames, read_stats_file
 from .features import LogMel, frame_lengths, logmel, logmel_reference
 from .polyphase import resample, resample_window, resampled_length
 
@@ -20,6 +20,7 @@ __all__ = [
     "frame_lengths",
     "get_preset",
     "list_presets",
+    "read_stats_file",
     "logmel",
     "logmel_reference",
     "num_frames",

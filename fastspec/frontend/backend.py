@@ -121,9 +121,16 @@ def _decide(value: str, device_type: str, forced: bool, probe: bool = False, cfg
                     "torch",
                     f"front end: the C++ backend cannot compute this config ({reason}); "
                     "using the torch reference",
-                    f"frontend.cpp.config.{cfg.n_fft}",
+                    "frontend.cpp.config." + ("log_offset" if cfg.log_offset else str(cfg.n_fft)),
                 )
         return Decision("cpp", "C++ extension fastspec._C (OpenMP, CPU tensors)")
+    if cfg is not None and cfg.log_offset:
+        return Decision(
+            "torch",
+            f"front end: the Triton kernel has no log offset (log_offset={cfg.log_offset}); "
+            "using the torch reference",
+            "frontend.triton.log_offset",
+        )
     # importing the kernel module, not just triton, catches a Triton too old for the kernel
     ok, why = _triton_import()
     if ok:

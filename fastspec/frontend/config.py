@@ -9,13 +9,15 @@ samples from the possibly overridden ``sample_rate`` in :func:`get_preset`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from fastspec._logging import notice_once
 from fastspec.kernels.reference import WINDOW_KINDS, frame_count
 
-__all__ = ["FrontendConfig", "get_preset", "list_presets", "num_frames"]
+__all__ = ["FrontendConfig", "get_preset", "list_presets", "num_frames", "read_stats_file"]
 
 # float32 machine epsilon, 2 ** -23: Kaldi's (and torchaudio.compliance.kaldi's) log floor
 FLOAT32_EPS = 1.1920928955078125e-07
@@ -25,7 +27,7 @@ _CHOICES = {
     "pad_mode": ("reflect", "constant"),
     "mel_scale": ("kaldi", "htk"),
     "log": ("ln", "db"),
-    "norm": ("mean_std", "min_max", "none"),
+    "norm": ("mean_std", "min_max", "per_bin", "none"),
     "precision": ("ieee", "tf32", "tf32x3", "bf16x3", "bf16x6"),
 }
 _INT_FIELDS = ("sample_rate", "win_length", "hop_length", "n_fft", "n_mels")
@@ -35,6 +37,7 @@ _FLOAT_FIELDS = (
     "f_min",
     "f_max",
     "log_floor",
+    "log_offset",
     "top_db",
     "norm_mean",
     "norm_std",
@@ -93,12 +96,17 @@ class FrontendConfig:
     log_floor: float = FLOAT32_EPS
     """Mel energies are floored here before the log (Kaldi: float32 epsilon; AmplitudeToDB amin
     1e-10)."""
+    log_offset: float = 0.0
+    """Added to the mel energies before the floor and the log: ``ln(max(mel + log_offset,
+    log_floor))`` (MaskSpec: log(x + 1e-5)). Only the torch backend computes a non-zero offset;
+    the others fall back to it with a one-line notice."""
     top_db: float | None = None
     """If set, each clip is clamped below at (its max over its valid frames) - top_db, in the units
     of ``log``, before normalisation (AmplitudeToDB top_db)."""
     norm: str = "mean_std"
     """Normalisation applied when normalize=True: mean_std: (x - norm_mean) / (norm_std_scale *
-    norm_std); min_max: 2 (x - norm_min) / (norm_max - norm_min) - 1; none."""
+    norm_std); min_max: 2 (x - norm_min) / (norm_max - norm_min) - 1; per_bin: (x -
+    norm_mean_bins[f]) / norm_std_bins[f] per mel bin f (mean 0, std 1 where None); none."""
     norm_mean: float = -4.2677393
     """Dataset mean of the log-mel (AST's AudioSet value)."""
     norm_std: float = 4.5689974
@@ -109,6 +117,10 @@ class FrontendConfig:
     """min_max lower constant (ATST's MinMax, dB)."""
     norm_max: float = 50.6842
     """min_max upper constant (ATST's MinMax, dB)."""
+    norm_mean_bins: tuple[float, ...] | None = None
+    """per_bin: the mean of each mel bin (n_mels values, e.g. from ``fastspec stats``)."""
+    norm_std_bins: tuple[float, ...] | None = None
+    """per_bin: the standard deviation of each mel bin (n_mels values > 0)."""
     precision: str = "ieee"
     """Matmul precision of the Triton backend (GPU): ieee (fp32 FMA, no tensor cores), bf16x6
     (split bf16, 6 products: the accurate tensor-core mode, more accurate than fp32 torch),
@@ -142,6 +154,8 @@ class FrontendConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 errors.append(f"{name}={getattr(self, name)!r} is not one of {choices}")
+        for name in ("norm_mean_bins", "norm_std_bins"):
+            errors += self._check_bins(name)
         if errors:
             raise ValueError("invalid FrontendConfig: " + "; ".join(errors))
 
@@ -166,6 +180,11 @@ class FrontendConfig:
                 f"need 0 <= f_min={self.f_min} < f_max={self.f_max} <= Nyquist={nyquist}",
             ),
             (self.log_floor > 0.0, f"log_floor={self.log_floor} must be > 0"),
+            (self.log_offset >= 0.0, f"log_offset={self.log_offset} must be >= 0"),
+            (
+                self.norm_std_bins is None or min(self.norm_std_bins) > 0,
+                "norm_std_bins must all be > 0",
+            ),
             (self.top_db is None or self.top_db > 0, f"top_db={self.top_db} must be > 0"),
             (self.norm_std > 0 and self.norm_std_scale > 0, "norm_std, norm_std_scale must be > 0"),
             (self.norm_max > self.norm_min, f"norm_max={self.norm_max} <= norm_min"),
@@ -173,6 +192,20 @@ class FrontendConfig:
         bad = [message for ok, message in checks if not ok]
         if bad:
             raise ValueError("invalid FrontendConfig: " + "; ".join(bad))
+
+    def _check_bins(self, name: str) -> list[str]:
+        """Turn a per-bin sequence (list, tuple, array) into a tuple of n_mels floats."""
+        value = getattr(self, name)
+        if value is None:
+            return []
+        try:
+            values = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            return [f"{name} must be a sequence of numbers, got {type(value).__name__}"]
+        if len(values) != self.n_mels or not all(math.isfinite(v) for v in values):
+            return [f"{name} must hold n_mels={self.n_mels} finite numbers, got {len(values)}"]
+        object.__setattr__(self, name, values)
+        return []
 
     # ----- derived values -------------------------------------------------------------------
 
@@ -188,7 +221,7 @@ class FrontendConfig:
 
     def norm_affine(self, normalize: bool = True) -> tuple[float, float]:
         """``(mul, add)`` such that the normalised feature is ``x * mul + add``."""
-        if not normalize or self.norm == "none":
+        if not normalize or self.norm in ("none", "per_bin"):  # per_bin: see bin_affine
             return 1.0, 0.0
         if self.norm == "mean_std":
             mul = 1.0 / (self.norm_std_scale * self.norm_std)
@@ -196,11 +229,24 @@ class FrontendConfig:
         mul = 2.0 / (self.norm_max - self.norm_min)
         return mul, -self.norm_min * mul - 1.0
 
+    def bin_affine(self, normalize: bool = True) -> tuple[list[float], list[float]] | None:
+        """per_bin: ``(mul [n_mels], add [n_mels])`` applied after ``norm_affine`` (which is then
+        the identity), else None."""
+        if not normalize or self.norm != "per_bin":
+            return None
+        mean = self.norm_mean_bins or (0.0,) * self.n_mels
+        std = self.norm_std_bins or (1.0,) * self.n_mels
+        return [1.0 / s for s in std], [-m / s for m, s in zip(mean, std)]
+
     # ----- serialisation --------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict of every field (ints, floats, bools, strings, None)."""
-        return dataclasses.asdict(self)
+        """JSON-safe dict of every field (ints, floats, bools, strings, None, float lists)."""
+        data = dataclasses.asdict(self)
+        for name in ("norm_mean_bins", "norm_std_bins"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FrontendConfig:
@@ -225,6 +271,9 @@ _PRESETS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
     # num_mel_bins=128, dither=0.0, frame_shift=10) as AST, Audio-MAE and ASiT call it, then
     # AST's (x + 4.2677393) / (2 * 4.5689974)
     "kaldi": ({}, {"win_length": 25.0, "hop_length": 10.0}),
+    # the same fbank at 32 kHz, as ASiT computes it (Sara-Ahmed/ASiT data_transformations.py,
+    # SAMPLE_RATE = 32000): 800-sample window, 320-sample hop, 1024-point FFT, 0-16 kHz of mel
+    "kaldi32k": ({"sample_rate": 32000}, {"win_length": 25.0, "hop_length": 10.0}),
     # ATST: MelSpectrogram(16000, n_fft=1024, win_length=1024, hop_length=160, f_min=60,
     # f_max=7800, n_mels=64) -> AmplitudeToDB(stype="power", top_db=80) ->
     # MinMax(min=-79.6482, max=50.6842) (audiossl/methods/atst*/transform.py)
@@ -251,6 +300,28 @@ _PRESETS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
         },
         {},
     ),
+    # MaskSpec (WangHelin1997/MaskSpec): 32 kHz, STFT 1024 / Hann window 800 / hop 320, 128 mel,
+    # log(x + 1e-5), each mel bin normalised by its own mean / std from a statistics file
+    # (``fastspec stats``; read with read_stats_file). Taken as torch.stft / torchaudio
+    # MelSpectrogram defaults: periodic window, centred reflect-padded frames, no DC removal or
+    # pre-emphasis, HTK mel 0 Hz - Nyquist.
+    "maskspec": (
+        {
+            "sample_rate": 32000,
+            "win_length": 800,
+            "hop_length": 320,
+            "n_fft": 1024,
+            "periodic_window": True,
+            "center": True,
+            "remove_dc": False,
+            "preemphasis": 0.0,
+            "f_min": 0.0,
+            "mel_scale": "htk",
+            "log_offset": 1e-5,
+            "norm": "per_bin",
+        },
+        {},
+    ),
 }
 
 
@@ -270,12 +341,43 @@ def get_preset(name: str, **overrides) -> FrontendConfig:
         raise ValueError(f"unknown front-end preset {name!r}; valid presets: {list_presets()}")
     reject_unknown(overrides, f"get_preset({name!r})")
     fixed, in_ms = _PRESETS[name]
+    pinned = fixed.get("sample_rate")
+    if pinned is not None and overrides.get("sample_rate", pinned) != pinned:
+        raise ValueError(
+            f"front-end preset {name!r} is defined at sample_rate={pinned}, got "
+            f"sample_rate={overrides['sample_rate']}; resample the audio or choose another preset"
+        )
     values = {**fixed, **overrides}
     sample_rate = values.get("sample_rate", FrontendConfig.sample_rate)
     for field, ms in in_ms.items():
         if field not in overrides:
             values[field] = int(sample_rate * ms * 0.001)
-    return FrontendConfig(**values)
+    cfg = FrontendConfig(**values)
+    if cfg.norm == "per_bin" and cfg.norm_mean_bins is None and cfg.norm_std_bins is None:
+        notice_once(
+            f"frontend.{name}.stats",
+            f"front end: preset {name!r} without a statistics file (fastspec stats DATA); "
+            "normalising each mel bin with mean 0, std 1",
+        )
+    return cfg
+
+
+def read_stats_file(path, n_mels: int | None = None) -> dict[str, list[float]]:
+    """``{"norm_mean_bins": [...], "norm_std_bins": [...]}`` from a ``fastspec stats`` file, to
+    pass to :func:`get_preset` / ``LogMel``; ``n_mels`` (when given) must match the file's."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        mean, std = doc["mean"], doc["std"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"statistics file {path}: not a fastspec stats file ({exc})") from None
+    if doc.get("format") != "fastspec-stats" or len(mean) != len(std):
+        raise ValueError(f"statistics file {path}: not a fastspec stats file")
+    if n_mels is not None and len(mean) != n_mels:
+        raise ValueError(
+            f"statistics file {path}: {len(mean)} mel bins, the front end has {n_mels}"
+        )
+    return {"norm_mean_bins": [float(v) for v in mean], "norm_std_bins": [float(v) for v in std]}
 
 
 def num_frames(num_samples, cfg: FrontendConfig):

@@ -270,6 +270,8 @@ def supports(cfg: FrontendConfig) -> str | None:
     """None if the C++ backend computes ``cfg``, else the reason it cannot."""
     if cfg.n_fft & (cfg.n_fft - 1):
         return f"n_fft={cfg.n_fft} is not a power of two (the C++ FFT is radix 2/4)"
+    if cfg.log_offset:
+        return f"log_offset={cfg.log_offset} (it floors the log only)"
     return None
 
 

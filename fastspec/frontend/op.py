@@ -36,7 +36,7 @@ from fastspec.kernels import reference as ref
 
 from . import polyphase as rs
 from .backend import resolve_backend
-from .config import FrontendConfig
+from .config import FrontendConfig, num_frames
 
 __all__ = ["config_key", "logmel_op", "compute_logmel", "log_scale_options"]
 
@@ -159,7 +159,7 @@ def reference_logmel(
     """The torch reference in ``dtype``, no checks: ``[B, S]`` -> ``[B, T, n_mels]``."""
     window, mel_fb = torch_constants(cfg, wave.device, dtype)
     norm_mul, norm_add = cfg.norm_affine(normalize)
-    return ref.logmel_ref(
+    out = ref.logmel_ref(
         _to_float(wave, dtype),
         lengths,
         window,
@@ -172,8 +172,31 @@ def reference_logmel(
         preemphasis=cfg.preemphasis,
         norm_mul=norm_mul,
         norm_add=norm_add,
+        log_offset=cfg.log_offset,
         **log_scale_options(cfg),
     )
+    return per_bin_norm(out, lengths, cfg, normalize)
+
+
+def per_bin_norm(
+    out: Tensor, lengths: Tensor | None, cfg: FrontendConfig, normalize: bool, orig_sample_rate=None
+) -> Tensor:
+    """``norm="per_bin"``: each mel bin's affine (``cfg.bin_affine``) on un-normalised log-mel,
+    frames past each clip's frame count kept at 0; ``out`` itself for every other norm. Exact
+    after any backend: it is what the reference does after its own scalar affine (identity)."""
+    bins = cfg.bin_affine(normalize)
+    if bins is None:
+        return out
+    mul = torch.tensor(bins[0], dtype=out.dtype, device=out.device)
+    add = torch.tensor(bins[1], dtype=out.dtype, device=out.device)
+    out = out * mul + add
+    if lengths is None:
+        return out
+    if orig_sample_rate is not None and orig_sample_rate != cfg.sample_rate:
+        lengths = rs.resampled_lengths(lengths, orig_sample_rate, cfg.sample_rate)
+    n_valid = num_frames(lengths.to(torch.long).clamp(0, None), cfg)
+    valid = torch.arange(out.shape[1], device=out.device)[None, :, None] < n_valid[:, None, None]
+    return torch.where(valid, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
 @functools.lru_cache(maxsize=64)
@@ -226,6 +249,10 @@ def compute_logmel(
     chosen = resolve_backend(backend, wave.device, cfg)
     if lengths is not None:
         lengths = lengths.to(device=wave.device, dtype=torch.int64)
+    if chosen != "torch" and cfg.bin_affine(normalize) is not None:
+        # the kernels take a scalar affine: per-bin normalisation follows their float32 output
+        out = compute_logmel(wave, lengths, cfg, False, chosen, torch.float32, orig_sample_rate)
+        return per_bin_norm(out, lengths, cfg, normalize, orig_sample_rate).to(out_dtype)
     resampling = orig_sample_rate != cfg.sample_rate
     with torch.no_grad():
         if chosen == "triton":

@@ -118,7 +118,7 @@ def asit_options(cfg) -> dict:
     }
 
 
-# ASiT's training (main_ASiT.py and README): Kaldi 128-mel features, two 6 s crops, group
+# ASiT's training (main_ASiT.py and README): Kaldi 128-mel features at 32 kHz, two 6 s crops, group
 # masking 0.7, ViT-B; 4 GPUs x 32 clips, lr 5e-4 per 256, 10 warm-up epochs of 100 on
 # AudioSet-2M (about 2M clips: 15,625 steps per epoch at 128 clips), cosine lr to 1e-6, weight
 # decay cosine 0.04 -> 0.4, gradient clipping 3, AdamW (0.9, 0.999). Here the 4-GPU batch is one
@@ -130,6 +130,9 @@ _DINO_OPTIM = {
     "optim.grad_clip": 3.0,
 }
 ASIT_PAPER = {
+    # data_transformations.py: SAMPLE_RATE = 32000, Kaldi fbank, 128 mel
+    "data.sample_rate": 32000,
+    "frontend.preset": "kaldi32k",
     "masking.kind": "group",
     "masking.ratio": 0.7,
     "data.clip_seconds": 10.0,

@@ -40,6 +40,14 @@ def maskspec_options(cfg) -> dict:
     }
 
 
+# MaskSpec's input (WangHelin1997/MaskSpec): 32 kHz, the `maskspec` front end (per-bin
+# statistics from frontend.stats, written by `fastspec stats DATA --preset maskspec`), 992 frames
+# = 62 patches of 16 frames: 9.91 s, as centred framing gives 1 + samples // 320 frames
+MASKSPEC_PAPER = {
+    "data.sample_rate": 32000,
+    "data.clip_seconds": 9.91,
+    "frontend.preset": "maskspec",
+}
 # about a minute on a 2-core CPU: a 2-block, 128-wide decoder behind the demo's 4-block ViT
 MASKSPEC_DEMO = {"model.decoder_dim": 128, "model.decoder_depth": 2, "model.decoder_heads": 4}
 
@@ -152,4 +160,6 @@ class MaskSpec(nn.Module):
         return float(flops + mae_decoder_train_flops(self.decoder, n_keep, n))
 
 
-RECIPE_SPECS = (RecipeSpec("maskspec", MaskSpec, maskspec_options, demo=MASKSPEC_DEMO),)
+RECIPE_SPECS = (
+    RecipeSpec("maskspec", MaskSpec, maskspec_options, paper=MASKSPEC_PAPER, demo=MASKSPEC_DEMO),
+)

@@ -17,7 +17,7 @@ from torch import nn
 from fastspec._logging import get_logger
 from fastspec.backends import choose_precision
 from fastspec.data import ClipDataset, open_source, resolve_loader
-from fastspec.frontend import LogMel
+from fastspec.frontend import LogMel, read_stats_file
 from fastspec.models import create_model
 from fastspec.recipes import build_recipe, encoder_options, recipe_spec
 from fastspec.train.checkpoint import latest_checkpoint, load_checkpoint, restore_state
@@ -137,6 +137,7 @@ def build_run(cfg: Config, resume: bool) -> Run:
         sample_rate=cfg.data.sample_rate,
         # the loader already rejects non-finite audio; the check would sync host and device
         check_finite=False,
+        **(read_stats_file(cfg.frontend.stats, cfg.frontend.n_mels) if cfg.frontend.stats else {}),
     ).to(device)
     recipe = make_recipe(cfg, device)
     if cfg.train.compile:

@@ -78,9 +78,14 @@ class DataConfig:
 @dataclass
 class FrontendSettings:
     preset: str = "kaldi"
-    """Feature preset: ``kaldi`` (AST / Audio-MAE / ASiT fbank) or ``atst``."""
+    """Feature preset (``fastspec.frontend.list_presets()``): ``kaldi`` (AST / Audio-MAE fbank),
+    ``kaldi32k`` (the same at 32 kHz, ASiT; needs data.sample_rate=32000), ``maskspec`` (32 kHz,
+    per-bin statistics from ``frontend.stats``) or ``atst``."""
     n_mels: int = 128
     """Mel bins; the encoder's input height."""
+    stats: str | None = None
+    """Per-bin statistics file (``fastspec stats DATA --preset P``) for a per-bin normalised
+    preset (``maskspec``); None: mean 0, std 1 per bin, announced once."""
     backend: str = "auto"
     """``auto`` (Triton on CUDA, else torch), ``triton``, ``cpp`` or ``torch``."""
 
