@@ -40,7 +40,7 @@ from fastspec.frontend import FrontendConfig, LogMel
 from fastspec.models import SpectrogramEncoder, create_model, list_models
 
 # avg: mean of the valid patch tokens; token: the class token; atst: ATST's linear-evaluation
-# features, per last block the mean of its normed patch tokens and its class token, concatenated
+# features, per last block the mean of its normed patch tokens and its normed class token, concatenated
 POOLINGS = ("avg", "token", "atst")
 
 
@@ -234,17 +234,19 @@ class Encoder(nn.Module):
 
     @property
     def pooled_dim(self) -> int:
-        """Width of :meth:`embed`: D, or ``2 * last_blocks * D`` with ``atst`` pooling."""
-        return (
-            2 * self.last_blocks * self.embed_dim if self.global_pool == "atst" else self.embed_dim
-        )
+        """Width of :meth:`embed`: D, or with ``atst`` pooling ``2 * last_blocks * D`` (``last_blocks
+        * D`` for an encoder without a class token)."""
+        if self.global_pool != "atst":
+            return self.embed_dim
+        return (1 + self.backbone.class_token) * self.last_blocks * self.embed_dim
 
     def embed(self, wave, lengths=None) -> Tensor:
         """Clip embeddings [B, pooled_dim] float32 by ``global_pool``: ``avg`` the mean of each
         clip's valid patch tokens, ``token`` the class token, ``atst`` ATST's linear-evaluation
         features (audiossl ``get_intermediate_layers``): for each of the ``last_blocks`` last
-        blocks, the mean of its valid patch tokens after the final norm, then its class token,
-        concatenated in block order."""
+        blocks, after the final norm, the mean of its valid patch tokens, then its class token,
+        concatenated in block order; without a class token (ATST-Frame) the means alone, as
+        audiossl's ``FrameAST.get_intermediate_layers``."""
         if self.global_pool != "atst":
             tokens, token_lengths, _ = self._encode(wave, lengths)
             return self.forward_head(tokens, pre_logits=True, token_lengths=token_lengths)
@@ -253,11 +255,10 @@ class Encoder(nn.Module):
             _, token_lengths, _ = self._encode(wave, lengths)
         parts = []
         for x in outputs:  # [B, P + N, D] each, P prefix tokens (the class token) first
-            x = x.float()
-            patch_mean = self.forward_head(
-                self.backbone.norm(x).float(), pre_logits=True, token_lengths=token_lengths
-            )
-            parts += [patch_mean, x[:, 0]]
+            # both read after the final norm, as audiossl's get_cls_avg reads self.norm(x)
+            x = self.backbone.norm(x.float()).float()
+            patch_mean = self.forward_head(x, pre_logits=True, token_lengths=token_lengths)
+            parts += [patch_mean, x[:, 0]] if self.backbone.class_token else [patch_mean]
         return torch.cat(parts, dim=1)
 
     def frames(self, wave, lengths=None) -> tuple[Tensor, Tensor]:
@@ -288,6 +289,8 @@ class Encoder(nn.Module):
         if global_pool is not None:
             if global_pool not in POOLINGS:
                 raise ValueError(f"global_pool must be one of {POOLINGS}, got {global_pool!r}")
+            if global_pool == "token" and not self.backbone.class_token:
+                raise ValueError("global_pool 'token' needs a class token; this encoder has none")
             self.global_pool = global_pool
         self.num_classes = num_classes
         if num_classes == 0:
@@ -376,6 +379,8 @@ def set_pooling(encoder: Encoder, pooling: str = "avg", last_blocks: int = 1) ->
     ``atst``), in place; an existing classifier head must match the new width."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling == "token" and not encoder.backbone.class_token:
+        raise ValueError("pooling 'token' needs a class token; this encoder has none (use avg)")
     depth = len(encoder.backbone.blocks)
     if not 1 <= last_blocks <= depth:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""``fastspec stats DATA``: per-mel-bin statistics of a front end's log-mel over a dataset.
+"""Per-mel-bin statistics of a front end's log-mel over a dataset (``fastspec stats DATA``).
 
 Papers that normalise each mel bin with its own mean and standard deviation (MaskSpec reads
 them from a statistics file computed on AudioSet) need those numbers for the data at hand. This
@@ -13,21 +13,19 @@ computes them for any preset, before normalisation, over every valid frame of ev
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastspec.data import BadAudioError, DataError, DemoCorpus, open_source
-from fastspec.frontend import FrontendConfig, LogMel, get_preset
+from fastspec.data import BadAudioError, DemoCorpus, open_source
+from fastspec.frontend import FrontendConfig, LogMel
 from fastspec.frontend.polyphase import resample
 
-__all__ = ["MelStats", "add_stats_parser", "cmd_stats", "compute_stats"]
+__all__ = ["MelStats", "compute_stats"]
 
 FORMAT = "fastspec-stats"
 
@@ -114,38 +112,3 @@ def compute_stats(
     mean = total / frames
     std = np.sqrt(np.maximum(total_sq / frames - mean * mean, 0.0))
     return MelStats(frontend.to_dict(), clips, frames, mean, std, skipped)
-
-
-def add_stats_parser(sub) -> argparse.ArgumentParser:
-    """The ``fastspec stats`` subcommand on the CLI's subparsers."""
-    p = sub.add_parser(
-        "stats",
-        help="per-mel-bin mean and std of a front end's log-mel over a dataset",
-        description=(
-            "Compute each mel bin's mean and standard deviation (un-normalised log-mel, every "
-            "valid frame) over DATA (as --data of pretrain; 'demo' for the demo corpus) and "
-            "write them as JSON, for presets that normalise per bin."
-        ),
-    )
-    p.add_argument("data", help="folder, manifest, shards, KIND:PATH dataset, or demo")
-    p.add_argument("--preset", default="kaldi", help="front-end preset (default kaldi)")
-    p.add_argument("--sample-rate", type=int, help="override the preset's sample rate")
-    p.add_argument("--n-mels", type=int, help="override the preset's mel bins")
-    p.add_argument("--max-clips", type=int, help="use only the first N clips")
-    p.add_argument("--out", default="mel-stats.json", help="JSON file to write")
-    p.set_defaults(func=cmd_stats)
-    return p
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    """``fastspec stats DATA``: :func:`fastspec.stats.compute_stats` into a JSON file."""
-    overrides = {"sample_rate": args.sample_rate, "n_mels": args.n_mels}
-    try:
-        frontend = get_preset(args.preset, **{k: v for k, v in overrides.items() if v})
-        stats = compute_stats(args.data, frontend, max_clips=args.max_clips)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"fastspec stats: error: {e}", file=sys.stderr)
-        return 2
-    path = stats.save(args.out)
-    print(f"wrote per-bin statistics of {stats.clips} clips ({stats.frames} frames) to {path}")
-    return 0

@@ -5,5 +5,5 @@ where Triton is missing, and each kernel module decides at import time whether i
 Triton interpreter. Kernels import nothing from ``fastspec`` except ``fastspec._logging``.
 
 - ``reference``: float32/float64 torch references and shared constants (windows, mel banks).
-- ``logmel``: fused log-mel front end (``fused_logmel``, ``logmel_fwd``).
+- ``logmel``: fused log-mel front end (``logmel_fwd``).
 """

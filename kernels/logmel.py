@@ -61,7 +61,7 @@ from torch import Tensor
 from ._utils import INTERPRETED, cast_rne, device_guard, require_runnable
 from .logmel_plan import LogmelPlan, kernel_constexprs, launch_config, output_frames
 
-__all__ = ["INTERPRETED", "PRECISIONS", "fused_logmel", "logmel_fwd"]
+__all__ = ["INTERPRETED", "PRECISIONS", "logmel_fwd"]
 
 PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3", "bf16x6")
 _OUT_DTYPES = (torch.float32, torch.bfloat16)
@@ -280,7 +280,7 @@ def _top_db_epilogue_kernel(
 
 def logmel_fwd(
     wave: Tensor,
-    lengths: Tensor,
+    lengths: Tensor | None,
     plan: LogmelPlan,
     *,
     norm_mul: float = 1.0,
@@ -292,14 +292,17 @@ def logmel_fwd(
 ) -> Tensor:
     """Launch the fused kernel. ``wave [B, S]``, ``lengths [B]`` int -> ``[B, T, n_mels]``.
 
-    ``wave`` may be float (any width) or int16 (scaled by 1/32768); its last dimension must be
-    contiguous. ``out_dtype`` is float32 or bfloat16. Runs on CUDA tensors, or on CPU tensors
+    ``lengths`` None means every clip is ``S`` samples long. The output carries no graph (the
+    front end is never differentiated). ``wave`` may be float (any width) or int16 (scaled by
+    1/32768); its last dimension must be contiguous. ``out_dtype`` is float32 or bfloat16. Runs on CUDA tensors, or on CPU tensors
     when this module was imported under ``TRITON_INTERPRET=1``. With ``check_finite``, NaN/inf
     in a clip's valid samples and lengths outside ``[0, S]`` raise ValueError after the launch
     (one host sync for both).
     """
     if wave.dim() != 2:
         raise ValueError(f"wave must be [B, S], got shape {tuple(wave.shape)}")
+    if lengths is None:
+        lengths = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.int32, device=wave.device)
     if lengths.shape != (wave.shape[0],) or lengths.dtype not in (torch.int32, torch.int64):
         raise ValueError(
             f"lengths must be int32/int64 [B={wave.shape[0]}], got {lengths.dtype} "
@@ -323,7 +326,7 @@ def logmel_fwd(
     bad = torch.zeros(batch, device=wave.device, dtype=torch.int32)
     if batch and n_frames:
         # the top_db path finishes in float32 before rounding once into out
-        two_pass = plan.top_db is not None
+        two_pass = plan.log_scale.top_db is not None
         raw = (
             out
             if not two_pass or out_dtype == torch.float32
@@ -352,8 +355,8 @@ def logmel_fwd(
                 plan.len_up,
                 plan.len_down,
                 1.0 / 32768.0 if wave.dtype == torch.int16 else 1.0,
-                plan.log_floor,
-                plan.log_mult,
+                plan.log_scale.log_floor,
+                plan.log_scale.log_mult,
                 norm_mul,
                 norm_add,
                 **kernel_constexprs(plan, precision, block_t, check_finite),
@@ -371,7 +374,7 @@ def logmel_fwd(
                     plan.hop_length,
                     plan.len_up,
                     plan.len_down,
-                    plan.top_db,
+                    plan.log_scale.top_db,
                     norm_mul,
                     norm_add,
                     FRAME_LEN=plan.frame_length,
@@ -396,36 +399,3 @@ def logmel_fwd(
                 f"lengths[{clip}]={int(lengths[clip])} is outside [0, S={num_samples}]"
             )
     return out
-
-
-def fused_logmel(
-    wave: Tensor,
-    lengths: Tensor | None,
-    plan: LogmelPlan,
-    *,
-    norm_mul: float = 1.0,
-    norm_add: float = 0.0,
-    precision: str = "ieee",
-    out_dtype: torch.dtype = torch.float32,
-    check_finite: bool = False,
-) -> Tensor:
-    """Functional entry point: ``wave [B, S]`` or ``[S]`` -> ``[B, T, n_mels]`` or ``[T, n_mels]``.
-
-    ``lengths`` None means every clip is ``S`` samples long. The result carries no graph.
-    """
-    squeeze = wave.dim() == 1
-    wave = wave[None] if squeeze else wave
-    if lengths is None:
-        lengths = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.int32, device=wave.device)
-    with torch.no_grad():
-        out = logmel_fwd(
-            wave.detach(),
-            lengths,
-            plan,
-            norm_mul=norm_mul,
-            norm_add=norm_add,
-            precision=precision,
-            out_dtype=out_dtype,
-            check_finite=check_finite,
-        )
-    return out[0] if squeeze else out

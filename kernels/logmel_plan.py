@@ -12,7 +12,7 @@ import triton
 from torch import Tensor
 
 from ._utils import INTERPRETED
-from .reference import frame_count
+from .reference import LogScale, frame_count
 
 __all__ = [
     "CHECK_BLOCK",
@@ -48,10 +48,7 @@ class LogmelPlan:
     n_mels: int
     center: bool
     reflect: bool
-    power: float
-    log_floor: float
-    log_mult: float
-    top_db: float | None
+    log_scale: LogScale
     block_k: int
     block_f: int
 
@@ -72,10 +69,7 @@ def make_logmel_plan(
     hop_length: int,
     center: bool,
     pad_mode: str,
-    power: float,
-    log_floor: float,
-    log_mult: float,
-    top_db: float | None,
+    log_scale: LogScale,
     device,
     frame_length: int | None = None,
     phase_start: list[int] | None = None,
@@ -92,6 +86,7 @@ def make_logmel_plan(
             (``resampled_frame_basis``; then also pass ``frame_length``, ``phase_start``,
             ``src_hop`` and ``len_ratio = (up, down)``).
         mel_fb: ``[n_freqs, n_mels]`` filter bank (any float dtype).
+        log_scale: spectrum power, log floor and multiplier, per-clip ``top_db`` clamp.
         block_k, block_f: reduction / frequency tile sizes (powers of two >= 16); the padding of
             the constants depends on them. Defaults: 16 x 32 on GPU (see :func:`launch_config`),
             128 x 128 when interpreted (fewer interpreted ops).
@@ -135,10 +130,7 @@ def make_logmel_plan(
         n_mels=n_mels,
         center=center,
         reflect=center and pad_mode == "reflect",
-        power=power,
-        log_floor=log_floor,
-        log_mult=log_mult,
-        top_db=top_db,
+        log_scale=log_scale,
         block_k=block_k,
         block_f=block_f,
     )
@@ -171,8 +163,8 @@ def kernel_constexprs(
         N_PHASES=plan.n_phases,
         CENTER=plan.center,
         REFLECT=plan.reflect,
-        POWER_ONE=plan.power == 1.0,
-        HAS_TOP_DB=plan.top_db is not None,
+        POWER_ONE=plan.log_scale.power == 1.0,
+        HAS_TOP_DB=plan.log_scale.top_db is not None,
         CHECK_FINITE=check_finite,
         BLOCK_T=block_t,
         BLOCK_K=plan.block_k,

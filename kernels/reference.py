@@ -1,9 +1,10 @@
 """Pure-torch references for the fastspec kernels, and the constants they share.
 
-Everything here takes plain tensors and numbers (no config objects), so that the Triton launchers,
-the ``torch`` front-end backend, tests and benchmarks all run the same math. Each function computes
-in the dtype of its tensor inputs: tests call it in float64 as the ground truth, the front end
-calls it in float32 as the CPU/GPU fallback.
+Everything here takes plain tensors and numbers (no config objects; the four numbers of the log
+step travel together as a :class:`LogScale`), so that the Triton launchers, the ``torch`` front-end
+backend, tests and benchmarks all run the same math. Each function computes in the dtype of its
+tensor inputs: tests call it in float64 as the ground truth, the front end calls it in float32 as
+the CPU/GPU fallback.
 
 Log-mel front end (``logmel_ref``), in the order Kaldi and torchaudio apply the steps::
 
@@ -16,11 +17,13 @@ Log-mel front end (``logmel_ref``), in the order Kaldi and torchaudio apply the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "LogScale",
     "frame_count",
     "window_ref",
     "kaldi_mel_banks",
@@ -32,6 +35,19 @@ __all__ = [
 ]
 
 WINDOW_KINDS = ("hann", "hamming", "povey", "rectangular")
+
+
+@dataclass(frozen=True)
+class LogScale:
+    """How mel energies become log-mel, the same numbers for the reference and the kernel plan:
+    ``|X|^power`` before the mel filter bank, then ``log_mult * ln(max(mel, log_floor))``
+    (``10 / ln 10`` gives dB), then each clip clamped at its maximum over valid frames minus
+    ``top_db`` (None: no clamp; AmplitudeToDB's top_db)."""
+
+    power: float  # 2 for the power spectrum, 1 for magnitude
+    log_floor: float
+    log_mult: float
+    top_db: float | None
 
 
 def frame_count(num_samples: int | Tensor, frame_length: int, hop_length: int, center: bool):
@@ -231,10 +247,7 @@ def logmel_ref(
     pad_mode: str = "reflect",
     remove_dc: bool,
     preemphasis: float,
-    power: float,
-    log_floor: float,
-    log_mult: float,
-    top_db: float | None,
+    log_scale: LogScale,
     norm_mul: float,
     norm_add: float,
     log_offset: float = 0.0,
@@ -249,10 +262,8 @@ def logmel_ref(
         mel_fb: ``[n_fft // 2 + 1, n_mels]`` filter bank, same dtype as ``wave``.
         hop_length, n_fft, center, pad_mode: framing (see ``frame_count``).
         remove_dc, preemphasis: per-frame mean removal, then ``y[n] = x[n] - a x[n-1]``.
-        power: 2 for the power spectrum, 1 for magnitude.
-        log_floor, log_mult: ``log_mult * ln(max(mel + log_offset, log_floor))`` (``10 / ln 10``
-            gives dB).
-        top_db: clamp each clip at its maximum over valid frames minus ``top_db`` (None: off).
+        log_scale: spectrum power, log floor and multiplier, per-clip ``top_db`` clamp; the log
+            is ``log_mult * ln(max(mel + log_offset, log_floor))``.
         norm_mul, norm_add: affine normalisation applied last.
 
     Frames ``t >= frame_count(lengths[b])`` are exactly 0. The front end runs this without
@@ -272,20 +283,26 @@ def logmel_ref(
         step = max(1, _CPU_CHUNK_ELEMENTS // (batch * frame_length))
     for t0 in range(0, n_frames, step):
         out[:, t0 : t0 + step] = _log_mel_frames(
-            frames[:, t0 : t0 + step], window, mel_fb, n_fft, remove_dc, preemphasis, power
+            frames[:, t0 : t0 + step],
+            window,
+            mel_fb,
+            n_fft,
+            remove_dc,
+            preemphasis,
+            log_scale.power,
         )
     # MaskSpec's log(x + 1e-5) adds log_offset first (0: Kaldi's floored ln)
-    out = log_mult * torch.log(torch.clamp_min(out + log_offset, log_floor))
+    out = log_scale.log_mult * torch.log(torch.clamp_min(out + log_offset, log_scale.log_floor))
 
     if lengths is None:
         valid = torch.ones(batch, n_frames, dtype=torch.bool, device=out.device)
     else:
         n_valid = frame_count(lengths.to(torch.long), frame_length, hop_length, center)
         valid = torch.arange(n_frames, device=out.device)[None, :] < n_valid[:, None]
-    if top_db is not None and n_frames > 0:
+    if log_scale.top_db is not None and n_frames > 0:
         # the clip maximum ignores padding frames, so a padded clip equals the clip alone
         clip_max = out.masked_fill(~valid[..., None], -math.inf).amax(dim=(1, 2))
-        out = torch.maximum(out, (clip_max - top_db)[:, None, None])
+        out = torch.maximum(out, (clip_max - log_scale.top_db)[:, None, None])
     out = out * norm_mul + norm_add
     return torch.where(valid[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 

@@ -394,9 +394,10 @@ def test_paper_and_demo_settings():
     assert (frame.frontend.preset, frame.frontend.n_mels) == ("atst", 64)
     # the 40 ms full-frequency tokens are the recipe's request to the encoder, not a user override
     assert (frame.model.name, frame.model.patch_size) == ("vit_base_patch16", None)
-    assert encoder_options("atst-frame", **recipe_options(frame)) == {"frame_tokens": 4}
+    asked = encoder_options("atst-frame", **recipe_options(frame))
+    assert asked == {"frame_tokens": 4, "class_token": False}  # FrameAST has no class token
     assert (frame.masking.kind, frame.masking.ratio) == ("time_span", 0.65)
-    assert frame.effective_batch == 864 and frame.atst.ema_momentum == 0.9996
+    assert frame.train.global_batch == 864 and frame.atst.ema_momentum == 0.9996
     opts = recipe_options(frame)
     assert opts["crop_frames"] == 1001 and opts["mask_options"] == {
         "span_length": 5,
@@ -404,7 +405,7 @@ def test_paper_and_demo_settings():
         "overlap": True,
     }
     clip = default_config("atst-clip", demo=False)
-    assert clip.effective_batch == 1536 and clip.optim.blr == 2e-4
+    assert clip.train.global_batch == 1536 and clip.optim.blr == 2e-4
     assert recipe_options(clip)["crop_frames"] == 601 and "mask_kind" not in recipe_options(clip)
     demo = default_config("atst-clip", demo=True)
     assert demo.model.patch_size is None and demo.frontend.preset == "atst"

@@ -1,5 +1,5 @@
 """ATST's linear-evaluation features as a pooling of any encoder: for each of the last blocks,
-the mean of its valid patch tokens after the final norm, then its class token (audiossl's
+after the final norm, the mean of its valid patch tokens, then its class token (audiossl's
 ``get_intermediate_layers``), through load_encoder, embed, evaluate and HEAR."""
 
 import numpy as np
@@ -37,7 +37,8 @@ def reference_features(enc, wave, last_blocks):
         h.remove()
     parts = []
     for x in outputs[-last_blocks:]:
-        parts += [enc.backbone.norm(x)[:, 1:].mean(dim=1), x[:, 0]]
+        normed = enc.backbone.norm(x)  # audiossl's get_cls_avg reads both after the norm
+        parts += [normed[:, 1:].mean(dim=1), normed[:, 0]]
     return torch.cat(parts, dim=1)
 
 

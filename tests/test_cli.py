@@ -17,6 +17,30 @@ def test_console_entry_point_is_installed():
     assert "pretrain" in out.stdout and "info" in out.stdout
 
 
+# Builds the whole parser, renders every subcommand's help and parses a finetune command line
+# (the --protocol choices come from the protocol table), then names any heavy module loaded.
+NO_TORCH_SCRIPT = """
+import sys
+import fastspec.cli as cli
+parser, commands = cli.build_parser()
+parser.format_help()
+for sub in commands.values():
+    sub.format_help()
+args = parser.parse_args(["finetune", "enc", "data", "--out", "o", "--protocol", "esc50"])
+assert args.protocol == "esc50" and args.amp == "none", vars(args)
+print(sorted(m for m in ("torch", "numpy", "fastspec.data") if m in sys.modules))
+"""
+
+
+def test_parser_is_built_without_torch():
+    """``fastspec --help`` and argument errors answer without importing torch (about 2 s on
+    the 2-core CPU): a fresh interpreter, so other tests' imports do not count."""
+    run = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_SCRIPT], capture_output=True, text=True, check=True
+    )
+    assert run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
 def test_info_reports_versions_device_and_backends(capsys):
     assert main(["info", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -14,9 +14,9 @@ def test_demo_and_paper_defaults_differ_where_time_matters():
     # MaskSpec / Audio-MAE settings on real data
     assert (paper.model.decoder_dim, paper.model.decoder_depth) == (512, 8)
     assert paper.masking.ratio == 0.75 and paper.frontend.n_mels == 128
-    # MaskSpec's input: 32 kHz, its own front end, 992 frames (9.91 s with centred framing)
+    # MaskSpec's input: 32 kHz, its own front end, 992 frames (9.92 s pre-emphasised, centred)
     assert (paper.data.sample_rate, paper.frontend.preset) == (32000, "maskspec")
-    assert paper.data.clip_seconds == pytest.approx(9.91)
+    assert paper.data.clip_seconds == pytest.approx(9.92)
     assert (demo.data.sample_rate, demo.frontend.preset) == (16000, "kaldi")
 
 
@@ -88,3 +88,68 @@ def test_derived_lr_follows_the_mae_rule():
     assert cfg.abs_lr == pytest.approx(cfg.optim.blr * 128 / 256)
     apply_override(cfg, "optim.lr=0.002")
     assert cfg.abs_lr == 0.002
+
+
+@pytest.mark.parametrize("world, accum", [(1, 8), (2, 4), (4, 2)])
+def test_global_batch_sets_accumulation_for_the_world(monkeypatch, world, accum):
+    import fastspec.train.config as config
+
+    monkeypatch.setattr(config, "world_size", lambda: world)
+    cfg = default_config("maskspec", demo=True)
+    apply_override(cfg, "train.batch_size=8")
+    apply_override(cfg, "train.global_batch=64")
+    config.resolve_counts(cfg, n_clips=640)
+    assert cfg.optim.accum_steps == accum
+    assert cfg.effective_batch == 64
+
+
+def test_global_batch_that_does_not_divide_is_an_error(monkeypatch):
+    import fastspec.train.config as config
+
+    monkeypatch.setattr(config, "world_size", lambda: 3)
+    cfg = default_config("maskspec", demo=True)
+    apply_override(cfg, "train.batch_size=8")
+    apply_override(cfg, "train.global_batch=64")
+    with pytest.raises(ConfigError, match="train.global_batch=64 is not a multiple of"):
+        config.resolve_counts(cfg, n_clips=640)
+
+
+def test_epochs_and_warmup_epochs_count_passes_by_the_global_batch():
+    from fastspec.train.config import resolve_counts
+
+    cfg = default_config("maskspec", demo=True)
+    for assignment in ("train.batch_size=10", "train.global_batch=40", "train.epochs=3",
+                       "optim.warmup_epochs=0.5"):  # fmt: skip
+        apply_override(cfg, assignment)
+    resolve_counts(cfg, n_clips=1000)  # 25 steps per pass
+    assert (cfg.optim.accum_steps, cfg.train.steps, cfg.optim.warmup_steps) == (4, 75, 13)
+
+
+@pytest.mark.parametrize("name", ["vit_mini_patch16", "mast_mini"])
+def test_encoder_settings_reach_every_encoder(name):
+    from fastspec.train.build import make_recipe
+
+    cfg = default_config("maskspec", demo=True)
+    for assignment in (f"model.name={name}", "model.pos_embed=learned", "model.max_frames=400",
+                       "model.qkv_bias=false", "model.drop_path=0.1"):  # fmt: skip
+        apply_override(cfg, assignment)
+    encoder = make_recipe(cfg, "cpu").encoder
+    assert encoder.pos_embed == "learned" and encoder.max_frames == 400
+    assert encoder.pos_table is not None
+    assert encoder.arch_config()["qkv_bias"] is False
+    assert encoder.arch_config()["drop_path_rate"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("model.pos_embed=rope", "model.pos_embed"),
+        ("model.drop_path=1.0", "model.drop_path"),
+        ("train.global_batch=0", "train.global_batch"),
+        ("optim.warmup_epochs=-1", "optim.warmup_epochs"),
+    ],
+)
+def test_bad_encoder_and_count_settings_name_the_key(assignment, message):
+    cfg = default_config("maskspec", demo=True)
+    with pytest.raises(ConfigError, match=message):
+        apply_override(cfg, assignment)

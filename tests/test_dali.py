@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 
 from fastspec.data import (
+    BatchOrder,
     ClipDataset,
     DaliLoader,
     DataError,
@@ -90,8 +91,8 @@ def test_dali_batches_equal_torch_batches_bit_for_bit(mixed_folder):
     dataset = ClipDataset(source, SR, 1.0, seed=3)
     # 3 batches per epoch: 8 batches cross two epoch boundaries, so every file is cropped
     # at new offsets and each bad file comes up more than once
-    torch_batches = _take(make_loader(dataset, 4, seed=5), 8)
-    dali = DaliLoader(dataset, 4, seed=5, num_threads=2)
+    torch_batches = _take(make_loader(dataset, BatchOrder(4, seed=5)), 8)
+    dali = DaliLoader(dataset, BatchOrder(4, seed=5), num_threads=2)
     dali_batches = _take(dali, 8)
     _assert_identical(torch_batches, dali_batches)
     # the truncated FLAC stopped a DALI pipeline: it was rebuilt, and the file is remembered
@@ -112,12 +113,16 @@ def test_dali_batches_equal_torch_batches_bit_for_bit(mixed_folder):
 
 def test_dali_order_independent_of_threads_and_resumable(mixed_folder):
     dataset = ClipDataset(open_source(mixed_folder), SR, 0.5, seed=1)
-    full = _take(DaliLoader(dataset, 3, seed=2, num_threads=1), 6)
-    _assert_identical(full, _take(DaliLoader(dataset, 3, seed=2, num_threads=2, prefetch=3), 6))
+    full = _take(DaliLoader(dataset, BatchOrder(3, seed=2), num_threads=1), 6)
+    _assert_identical(
+        full, _take(DaliLoader(dataset, BatchOrder(3, seed=2), num_threads=2, prefetch=3), 6)
+    )
     # resumed at global batch 4 (mid-epoch 1): exactly batches 4 and 5 again
-    _assert_identical(full[4:], _take(DaliLoader(dataset, 3, seed=2, start_batch=4), 2))
+    _assert_identical(full[4:], _take(DaliLoader(dataset, BatchOrder(3, seed=2, start_batch=4)), 2))
     # and equal to the torch loader's resumed stream with worker processes
-    _assert_identical(full[4:], _take(make_loader(dataset, 3, seed=2, start_batch=4), 2))
+    _assert_identical(
+        full[4:], _take(make_loader(dataset, BatchOrder(3, seed=2, start_batch=4)), 2)
+    )
 
 
 def test_dali_ranks_take_the_same_shares_as_torch(mixed_folder):
@@ -126,8 +131,8 @@ def test_dali_ranks_take_the_same_shares_as_torch(mixed_folder):
     dataset = ClipDataset(open_source(mixed_folder), SR, 0.5, seed=1)
     for rank in range(2):
         _assert_identical(
-            _take(DaliLoader(dataset, 2, seed=4, rank=rank, world_size=2), 2),
-            _take(make_loader(dataset, 2, seed=4, rank=rank, world_size=2), 2),
+            _take(DaliLoader(dataset, BatchOrder(2, seed=4, rank=rank, world_size=2)), 2),
+            _take(make_loader(dataset, BatchOrder(2, seed=4, rank=rank, world_size=2)), 2),
         )
 
 
@@ -137,8 +142,8 @@ def test_dali_equals_torch_on_shards(mixed_folder, tmp_path, fmt):
     assert len(stats.shards) == 3 and stats.clips == 9  # 13 files, 4 bad ones left out
     dataset = ClipDataset(open_source(tmp_path), SR, 1.0, seed=7)
     _assert_identical(
-        _take(make_loader(dataset, 3, seed=0, num_workers=2), 4),
-        _take(DaliLoader(dataset, 3, seed=0), 4),
+        _take(make_loader(dataset, BatchOrder(3, seed=0), num_workers=2), 4),
+        _take(DaliLoader(dataset, BatchOrder(3, seed=0)), 4),
     )
 
 
@@ -151,8 +156,8 @@ def test_dali_segments_from_a_manifest(tmp_path):
         "long.flac,,0.4\n"
     )
     dataset = ClipDataset(open_source(tmp_path / "m.csv"), SR, 1.0, seed=2)
-    torch_batches = _take(make_loader(dataset, 2, seed=1), 4)
-    _assert_identical(torch_batches, _take(DaliLoader(dataset, 2, seed=1), 4))
+    torch_batches = _take(make_loader(dataset, BatchOrder(2, seed=1)), 4)
+    _assert_identical(torch_batches, _take(DaliLoader(dataset, BatchOrder(2, seed=1)), 4))
     assert sorted({int(n) for b in torch_batches for n in b["lengths"]}) == [6400, 8000, 16000]
 
 
@@ -162,7 +167,8 @@ def test_dali_ogg_agrees_to_float_rounding(tmp_path):
         sf.write(tmp_path / f"{i}.ogg", _noise(rng, 1.5, 22050), 22050, format="OGG")
     dataset = ClipDataset(open_source(tmp_path), SR, 1.0, seed=0)
     for x, y in zip(
-        _take(make_loader(dataset, 2, seed=0), 3), _take(DaliLoader(dataset, 2, seed=0), 3)
+        _take(make_loader(dataset, BatchOrder(2, seed=0)), 3),
+        _take(DaliLoader(dataset, BatchOrder(2, seed=0)), 3),
     ):
         torch.testing.assert_close(x["wave"], y["wave"], rtol=0, atol=1e-6)
         assert torch.equal(x["index"], y["index"]) and torch.equal(x["lengths"], y["lengths"])

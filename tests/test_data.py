@@ -18,6 +18,7 @@ import torch
 
 from fastspec.data import (
     BadAudioError,
+    BatchOrder,
     ClipDataset,
     DataError,
     DemoCorpus,
@@ -343,7 +344,7 @@ def test_bad_files_are_skipped_with_reasons_and_counted(tmp_path):
         ("c_silent.wav", "silent"),
         ("c_truncated.flac", "decode error"),
     ]
-    with make_loader(dataset, batch_size=len(names), seed=0) as batches:
+    with make_loader(dataset, BatchOrder(batch_size=len(names), seed=0)) as batches:
         batch = next(batches)
     skipped = {name: reason.split(":")[0] for name, reason in batch["skipped"]}
     assert skipped == decode_bad
@@ -393,7 +394,7 @@ def test_skipped_files_are_logged_once(tmp_path):
     logger = logging.getLogger("fastspec")
     logger.addHandler(handler)
     try:
-        with make_loader(dataset, batch_size=8, seed=0) as batches:
+        with make_loader(dataset, BatchOrder(batch_size=8, seed=0)) as batches:
             for _ in range(3):  # three epochs, clip3 fails in each
                 assert [n for n, _ in next(batches)["skipped"]] == ["clip3"]
     finally:
@@ -482,7 +483,7 @@ def test_collate_batch_contract():
 
 
 def test_sampler_epochs_are_permutations_and_resume_skips_without_generating(monkeypatch):
-    sampler = EpochBatchSampler(num_items=10, batch_size=3, seed=7)
+    sampler = EpochBatchSampler(10, BatchOrder(batch_size=3, seed=7))
     assert sampler.batches_per_epoch == 3  # drop_last: one item per epoch is left out
     stream = iter(sampler)
     batches = [next(stream) for _ in range(9)]
@@ -493,9 +494,9 @@ def test_sampler_epochs_are_permutations_and_resume_skips_without_generating(mon
         assert len(indices) == len(set(indices)) == 9 and set(indices) <= set(range(10))
         assert indices == sampler.permutation(epoch)[:9]
     assert sampler.permutation(0) != sampler.permutation(1)
-    assert EpochBatchSampler(10, 3, seed=8).permutation(0) != sampler.permutation(0)
+    assert EpochBatchSampler(10, BatchOrder(3, seed=8)).permutation(0) != sampler.permutation(0)
 
-    resumed = iter(EpochBatchSampler(10, 3, seed=7, start_batch=4))
+    resumed = iter(EpochBatchSampler(10, BatchOrder(3, seed=7, start_batch=4)))
     assert [next(resumed) for _ in range(5)] == batches[4:9]
 
     drawn = []
@@ -503,16 +504,17 @@ def test_sampler_epochs_are_permutations_and_resume_skips_without_generating(mon
     monkeypatch.setattr(
         EpochBatchSampler, "permutation", lambda self, e: drawn.append(e) or original(self, e)
     )
-    far = iter(EpochBatchSampler(10, 3, seed=7, start_batch=3_000_001))
+    far = iter(EpochBatchSampler(10, BatchOrder(3, seed=7, start_batch=3_000_001)))
     assert next(far)[0][0] == 1_000_000 and drawn == [1_000_000]  # earlier epochs never drawn
 
     with pytest.raises(DataError, match="larger than the 10 clips"):
-        EpochBatchSampler(10, 11, seed=0)
+        EpochBatchSampler(10, BatchOrder(11, seed=0))
 
 
-def _take(source, clip_seconds, batches, **loader_options):
+def _take(source, clip_seconds, batches, start_batch=0, **loader_options):
     dataset = ClipDataset(source, SR, clip_seconds, seed=11)
-    with make_loader(dataset, batch_size=4, seed=3, **loader_options) as stream:
+    order = BatchOrder(batch_size=4, seed=3, start_batch=start_batch)
+    with make_loader(dataset, order, **loader_options) as stream:
         return [next(stream) for _ in range(batches)]
 
 
@@ -575,10 +577,12 @@ def test_data_package_does_not_import_higher_layers():
 
 
 def test_ranks_split_each_global_batch():
-    samplers = [EpochBatchSampler(20, 3, seed=1, rank=r, world_size=3) for r in range(3)]
+    samplers = [
+        EpochBatchSampler(20, BatchOrder(3, seed=1, rank=r, world_size=3)) for r in range(3)
+    ]
     assert samplers[0].batches_per_epoch == 2  # 20 // (3 x 3): all ranks step alike
     streams = [iter(s) for s in samplers]
-    single = EpochBatchSampler(20, 3, seed=1)
+    single = EpochBatchSampler(20, BatchOrder(3, seed=1))
     for batch in range(4):  # two epochs
         keys = [next(stream) for stream in streams]
         flat = [key for rank_keys in keys for key in rank_keys]
@@ -586,15 +590,16 @@ def test_ranks_split_each_global_batch():
         epoch = batch // 2
         order = single.permutation(epoch)
         assert flat == [(epoch, i) for i in order[(batch % 2) * 9 : (batch % 2) * 9 + 9]]
-    fresh = iter(EpochBatchSampler(20, 3, seed=1, rank=2, world_size=3))
+    fresh = iter(EpochBatchSampler(20, BatchOrder(3, seed=1, rank=2, world_size=3)))
     fourth = [next(fresh) for _ in range(4)][3]
-    assert next(iter(EpochBatchSampler(20, 3, seed=1, start_batch=3, rank=2, world_size=3))) == (
-        fourth
-    )
+    resumed = EpochBatchSampler(20, BatchOrder(3, seed=1, start_batch=3, rank=2, world_size=3))
+    assert next(iter(resumed)) == fourth
     with pytest.raises(ValueError, match="rank"):
-        EpochBatchSampler(20, 3, seed=1, rank=3, world_size=3)
+        BatchOrder(3, seed=1, rank=3, world_size=3)
+    with pytest.raises(ValueError, match="seed and start_batch"):
+        BatchOrder(3, seed=1, start_batch=-1)
     with pytest.raises(DataError, match="3 x 8 ranks"):
-        EpochBatchSampler(20, 3, seed=1, world_size=8)
+        EpochBatchSampler(20, BatchOrder(3, seed=1, world_size=8))
 
 
 def _wav_bytes(data, sr=SR, subtype="PCM_16", fmt="WAV"):

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fastspec.cli import main
-from fastspec.data.sampler import EpochBatchSampler
+from fastspec.data.sampler import BatchOrder, EpochBatchSampler
 from fastspec.train.checkpoint import list_checkpoints, load_checkpoint
 from fastspec.train.compare import compare_runs
 from fastspec.train.metrics import read_metrics
@@ -151,8 +151,8 @@ def test_clip_keyed_draws_do_not_depend_on_how_the_batch_is_split():
 
 @pytest.mark.parametrize("batch, world, items", [(8, 2, 48), (3, 2, 20), (4, 3, 50)])
 def test_each_clip_once_per_epoch_across_ranks(batch, world, items):
-    samplers = [EpochBatchSampler(items, batch, seed=5, rank=r, world_size=world)
-                for r in range(world)]  # fmt: skip
+    orders = [BatchOrder(batch, seed=5, rank=r, world_size=world) for r in range(world)]
+    samplers = [EpochBatchSampler(items, order) for order in orders]
     per_epoch = samplers[0].batches_per_epoch
     seen: list[tuple[int, int]] = []
     for sampler in samplers:

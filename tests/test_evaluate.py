@@ -397,6 +397,28 @@ def test_cli_evaluate_with_bad_files(class_folders, encoder_dir, tmp_path, capsy
     assert report["task"]["clips"] == 24 and report["task"]["splits"] == 2
 
 
+def test_cli_evaluate_finetune_mode(speech_commands, encoder_dir, tmp_path, capsys):
+    """``--mode finetune`` runs the fine-tuning loop on the encoder and the random baseline
+    (the log-mel row has no encoder: its linear probe only) and reports each epoch."""
+    out = tmp_path / "ft.json"
+    argv = ["evaluate", str(encoder_dir), f"speechcommands:{speech_commands}", "--mode",
+            "finetune", "--ft-epochs", "2", "--ft-batch-size", "6", "--ft-clip-seconds", "0.5",
+            "--ft-lr", "3e-4", "--ft-head-lr", "3e-2", "--workers", "0", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "fine-tune" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [(r["method"], r["mode"]) for r in report["results"]] == [
+        ("logmel", "linear"),
+        ("fastspec", "finetune"),
+        ("random", "finetune"),
+    ]
+    for row in report["results"][1:]:
+        (split,) = row["details"]["splits"].values()
+        assert len(split["train_loss"]) == len(split["val_metric"]) == 2
+        assert split["epoch"] == 1 + int(np.argmax(split["val_metric"]))
+        assert 0.0 <= row["metrics"]["accuracy"]["mean"] <= 1.0
+
+
 def test_cli_evaluate_errors(tmp_path, class_folders, encoder_dir, capsys):
     assert main(["evaluate", str(tmp_path / "none"), str(class_folders)]) == 2
     assert "no fastspec encoder" in capsys.readouterr().err

@@ -16,18 +16,19 @@ from safetensors import safe_open
 
 from fastspec.cli import main
 from fastspec.encoder import Encoder, export_encoder, load_encoder, save_encoder
+from fastspec.evaluate.finetune import FinetuneSettings, fine_tune, lr_at
 from fastspec.evaluate.metrics import accuracy, mean_average_precision
-from fastspec.finetune import open_protocol_task, protocol_settings
+from fastspec.finetune import fresh_encoder, open_protocol_task, protocol_settings
 from fastspec.finetune.augment import (
     balanced_order,
     balanced_weights,
     layer_decay_groups,
-    lr_at,
     mixup,
     patch_out_ids,
     spec_augment,
 )
-from fastspec.finetune.trainer import training_logits
+from fastspec.finetune.protocols import PROTOCOL_DATA
+from fastspec.finetune.trainer import ProtocolRecipe, training_logits
 from fastspec.frontend import FrontendConfig
 from fastspec.models import create_model
 
@@ -113,8 +114,12 @@ FIXTURES = {
     "esc50": make_esc50,
     "speechcommands": make_speechcommands,
     "folder": make_folder,
+    # ATST-Frame's recipes (SGD, clipping, mixup alpha 10) on the same data
+    "atst-audioset": make_audioset,
+    "atst-speechcommands": make_speechcommands,
 }
 CLASSES = {"audioset": 3, "esc50": 2, "speechcommands": 2, "folder": 2}
+CLASSES |= {"atst-audioset": 3, "atst-speechcommands": 2}
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +161,11 @@ def test_protocol_end_to_end(protocol, model, encoders, tmp_path):
     task = open_protocol_task(protocol, data, seed=0)
     n_splits = {"esc50": 5 if model == ENCODERS[0] else 2}.get(protocol, 1)
     assert len(summary["splits"]) == len(task.splits) == n_splits
-    assert summary["metric"] == ("mAP" if protocol == "audioset" else "accuracy")
+    data_kind = PROTOCOL_DATA.get(protocol, protocol)
+    assert summary["metric"] == ("mAP" if data_kind == "audioset" else "accuracy")
     if protocol == "folder":  # stratified 80 / 20: one clip of each class tested
         assert sorted(task.labels()[task.splits[0].test]) == [0, 1]
-    if protocol == "speechcommands":  # validation / testing lists; no background noise class
+    if data_kind == "speechcommands":  # validation / testing lists; no background noise class
         assert task.class_names == ["no", "yes"] and len(task.splits[0].val) == 2
     last = summary["splits"][-1]
     exported = out / f"fold-{n_splits}" if n_splits > 1 else out
@@ -193,6 +199,73 @@ def test_bad_input_is_a_clear_error(encoders, tmp_path, capsys):
     data = make_folder(tmp_path / "data")
     assert main(["finetune", enc, data, "--out", str(tmp_path), "--set", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_protocol_without_its_tricks_trains_as_the_plain_recipe(encoders, tmp_path):
+    """``fastspec finetune`` and ``evaluate --mode finetune`` run one loop: with augmentation,
+    layer decay and weight decay off, a protocol recipe draws the same clips, crops and lr as
+    the plain recipe, and its contract-level forward gives ``Encoder.forward``'s logits, so the
+    two runs' losses and test scores agree to float rounding."""
+    task = open_protocol_task("folder", make_folder(tmp_path / "data"), seed=0)
+    source = load_encoder(encoders["vit_mini_patch16"])
+    common = dict(epochs=2, batch_size=4, clip_seconds=0.3, warmup_epochs=0.5, weight_decay=0.0)
+    plain = FinetuneSettings(lr=1e-3, head_lr=1e-3, **common)
+    off = ["freqm=0", "timem=0", "layer_decay=1", "min_lr=0"]
+    protocol = ProtocolRecipe(protocol_settings("folder", off, lr=1e-3, **common))
+    runs = [
+        fine_tune(
+            lambda: fresh_encoder(source, "avg", 0.0),
+            task,
+            task.splits[0],
+            recipe,
+            device=torch.device("cpu"),
+            workers=0,
+            amp="none",
+        )
+        for recipe in (plain, protocol)
+    ]
+    assert runs[0].train_loss[0] != runs[0].train_loss[1]  # it trained
+    np.testing.assert_allclose(runs[1].train_loss, runs[0].train_loss, rtol=1e-4)
+    np.testing.assert_allclose(runs[1].test_scores, runs[0].test_scores, atol=1e-4)
+
+
+def test_sgd_with_gradient_clipping_bounds_every_step(encoders, tmp_path):
+    """ATST's optimiser: SGD (momentum 0.9) on gradients clipped to norm ``grad_clip``. Each
+    step then moves the weights by at most lr x clip x 1 / (1 - 0.9) in norm; AdamW, or no
+    clipping, moves them by orders of magnitude more at the same lr."""
+    task = open_protocol_task("folder", make_folder(tmp_path / "data"), seed=0)
+    source = load_encoder(encoders["vit_mini_patch16"])
+    clip, lr = 1e-6, 0.5
+    base = ["freqm=0", "timem=0", "layer_decay=1", "weight_decay=0", "warmup_epochs=0"]
+
+    def moved(*overrides: str) -> float:
+        settings = protocol_settings("folder", [*base, *overrides], lr=lr, epochs=1,
+                                     batch_size=4, clip_seconds=0.3)  # fmt: skip
+        result = fine_tune(lambda: fresh_encoder(source, "avg", 0.0), task, task.splits[0],
+                           ProtocolRecipe(settings), device=torch.device("cpu"), workers=0,
+                           amp="none")  # fmt: skip
+        after = result.encoder.backbone.state_dict()
+        diff = [(after[k].double() - v.double()).flatten() for k, v in
+                source.backbone.state_dict().items()]  # fmt: skip
+        return float(torch.cat(diff).norm())
+
+    steps = -(-len(task.splits[0].train) // 4)
+    bound = steps * lr * clip / (1 - 0.9)
+    sgd_clipped = moved("optimizer=sgd", f"grad_clip={clip}")
+    assert 0 < sgd_clipped <= bound * 1.001
+    assert moved("optimizer=sgd") > 100 * bound  # no clipping
+    assert moved(f"grad_clip={clip}") > 100 * bound  # AdamW normalises the clipped gradient
+    with pytest.raises(ValueError, match="optimizer"):
+        protocol_settings("folder", ["optimizer=lion"])
+
+
+def test_atst_protocols_are_the_references():
+    sc, aset = protocol_settings("atst-speechcommands"), protocol_settings("atst-audioset")
+    for s in (sc, aset):
+        assert (s.optimizer, s.grad_clip, s.weight_decay, s.layer_decay) == ("sgd", 3.0, 0.0, 0.75)
+        assert (s.mixup_alpha, s.batch_size, s.peak_lr) == (10.0, 512, 2.0)  # 1.0 x 512 / 256
+    assert (sc.epochs, sc.warmup_epochs, sc.clip_seconds) == (50, 5, 1.0)
+    assert (aset.epochs, aset.warmup_epochs, aset.balanced) == (200, 5, True)
 
 
 # ---- recipe pieces against hand computations ------------------------------------------------

@@ -392,6 +392,19 @@ def test_unknown_names_are_errors_that_name_them():
         FrontendConfig(n_fft=256)
 
 
+def test_field_types_are_checked_as_annotated():
+    # every int, float and bool field (optional ones too) is type-checked, in one message
+    with pytest.raises(ValueError) as excinfo:
+        FrontendConfig(n_mels=64.0, n_fft=512.0, top_db="80", f_max="8k", center=1)
+    message = str(excinfo.value)
+    assert "n_mels must be an int" in message and "n_fft must be an int" in message
+    assert "top_db must be a number" in message and "f_max must be a number" in message
+    assert "center must be a bool" in message
+    # ints are accepted for floats and stored as floats; None stays None where allowed
+    cfg = FrontendConfig(power=1, log_offset=0, top_db=None, n_fft=None)
+    assert type(cfg.power) is float and type(cfg.log_offset) is float and cfg.top_db is None
+
+
 # ----- module -----------------------------------------------------------------------------------
 
 

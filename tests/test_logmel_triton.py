@@ -129,16 +129,20 @@ def test_triton_zero_frames_short_clips_and_1d_input():
 
 
 def test_triton_int16_input_matches_float_input():
-    from fastspec.kernels.logmel import fused_logmel
+    from fastspec.kernels.logmel import logmel_fwd
 
     from fastspec.frontend.op import triton_plan as _triton_plan
 
     cfg = get_preset("kaldi", n_mels=40)
     pcm = (_wave(1, 1200, seed=3) * 32767).round().to(torch.int16).to(DEVICE)
     plan = _triton_plan(cfg, torch.device(DEVICE))
-    got = fused_logmel(pcm, None, plan)
-    expected = fused_logmel(pcm.float() / 32768.0, None, plan)
+    got = logmel_fwd(pcm, None, plan)
+    expected = logmel_fwd(pcm.float() / 32768.0, None, plan)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # lengths None: every clip is the whole row, as the explicit lengths say
+    whole = torch.tensor([pcm.shape[1]], device=DEVICE)
+    assert (expected != 0).all()
+    torch.testing.assert_close(logmel_fwd(pcm.float() / 32768.0, whole, plan), expected)
 
 
 @pytest.mark.parametrize("preset", ["kaldi", "atst"])
@@ -327,7 +331,7 @@ epilogue = {
 epilogue_meta = dict(FRAME_LEN=plan.frame_length, N_MELS=plan.n_mels, CENTER=plan.center,
                      BLOCK=1024)
 kernels = [(K._logmel_fwd_kernel, runtime, meta, num_warps)]
-if plan.top_db is not None:
+if plan.log_scale.top_db is not None:
     kernels.append((K._top_db_epilogue_kernel, epilogue, epilogue_meta, 4))
 for kernel, args, consts, warps in kernels:
     signature = {**args, **{name: "constexpr" for name in consts}}

@@ -435,3 +435,21 @@ def test_cuda_step_without_host_sync():
             decoder(encoder(mel, m.ids_keep), m.ids_restore, m.grid).float().mean().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_constructor_config_reads_every_constructor_argument():
+    class Kept(torch.nn.Module):
+        def __init__(self, width: int, strides=((2, 2), (1, 2)), tag: str = "x", device=None):
+            super().__init__()
+            self.width, self.strides, self.tag = width, tuple(strides), tag
+
+    class Forgotten(Kept):
+        def __init__(self, width: int, extra: float = 0.5):
+            super().__init__(width)  # ``extra`` is never kept: it could not be exported
+
+    config = registry.constructor_config(Kept(8, tag="y"))
+    assert config == {"width": 8, "strides": [[2, 2], [1, 2]], "tag": "y"}
+    assert json.loads(json.dumps(config)) == config
+    with pytest.raises(AttributeError, match="extra"):
+        registry.constructor_config(Forgotten(8))
+    assert registry.constructor_config(Forgotten(8), derived=("extra",)) == {"width": 8}

@@ -51,15 +51,20 @@ def kaldi_fbank_np(x: np.ndarray, sr: int, n_mels: int = 128, low: float = 20.0)
     n = np.arange(win)
     frames *= 0.5 - 0.5 * np.cos(2 * np.pi * n / (win - 1))
     power = np.abs(np.fft.rfft(frames, n=n_fft, axis=1)) ** 2
-    mel_low, mel_high = _kaldi_mel(low), _kaldi_mel(sr / 2)
+    mel = power[:, : n_fft // 2] @ kaldi_banks_np(sr, n_fft, n_mels, low, sr / 2).T
+    return np.log(np.maximum(mel, FLOAT32_EPS))
+
+
+def kaldi_banks_np(sr: int, n_fft: int, n_mels: int, low: float, high: float) -> np.ndarray:
+    """torchaudio.compliance.kaldi.get_mel_banks: triangles linear in Kaldi mel over the
+    n_fft // 2 bins below Nyquist (the Nyquist bin's weight is 0), [n_mels, n_fft // 2]."""
+    mel_low, mel_high = _kaldi_mel(low), _kaldi_mel(high)
     delta = (mel_high - mel_low) / (n_mels + 1)
     bin_mel = _kaldi_mel(np.arange(n_fft // 2) * sr / n_fft)
     left = mel_low + delta * np.arange(n_mels)[:, None]
     up = (bin_mel - left) / delta
     down = (left + 2 * delta - bin_mel) / delta
-    banks = np.maximum(0.0, np.minimum(up, down))  # [n_mels, n_fft // 2]; the Nyquist bin: 0
-    mel = power[:, : n_fft // 2] @ banks.T
-    return np.log(np.maximum(mel, FLOAT32_EPS))
+    return np.maximum(0.0, np.minimum(up, down))
 
 
 def _ast_norm(x):
@@ -133,30 +138,78 @@ def test_asit_paper_settings_export_an_encoder_at_32khz(tmp_path):
     import fastspec
 
     assert fastspec.load_encoder(out).sample_rate == 32000
+    # main_ASiT.py's defaults with the README's 4 GPUs x 32, vision_transformer.py's vit_base
+    cfg = json.loads((out / "config.json").read_text())
+    model, optim, train = cfg["model"], cfg["optim"], cfg["train"]
+    assert (model["pos_embed"], model["max_frames"], model["qkv_bias"], model["drop_path"]) == (
+        "learned", 592, True, 0.1)  # fmt: skip
+    assert (optim["grad_clip"], optim["clip_mode"]) == (3.0, "per_param")
+    assert (optim["blr"], optim["min_lr"], optim["warmup_epochs"]) == (5e-4, 1e-6, 10.0)
+    assert (optim["weight_decay"], optim["weight_decay_end"]) == (0.04, 0.4)
+    assert (train["global_batch"], train["batch_size"], optim["accum_steps"]) == (128, 2, 64)
+    assert train["epochs"] is None  # --steps 0 wins over the paper's 100 epochs
+    assert cfg["asit"]["roll_prob"] == 0.5 and cfg["asit"]["crop_seconds"] == 6.0
+
+
+def test_asit_trains_on_kaldi32k_features_of_its_waveform_views(tmp_path, monkeypatch):
+    """The loop hands ASiT's waveform views, whole, to the paper's front end: each view's
+    features are the float64 Kaldi fbank of exactly those samples."""
+    sf = pytest.importorskip("soundfile")
+    from fastspec.recipes.asit import ASiT
+
+    data = tmp_path / "audio"
+    data.mkdir()
+    for i, kind in enumerate(["noise", "chirp", "tone"]):  # 0.5 s: padded in the 10 s clips
+        sf.write(data / f"a{i}.wav", _signal(kind, SR32 // 2 - 700 * i, SR32, seed=i), SR32)
+    seen = {}
+    views_of, forward = ASiT.waveform_views, ASiT.forward
+
+    def spy_views(self, wave, lengths, generator):
+        seen["views"] = views_of(self, wave, lengths, generator)
+        return seen["views"]
+
+    def spy_forward(self, mel, generator=None, frame_lengths=None):
+        seen["mel"], seen["frame_lengths"] = mel, frame_lengths
+        return forward(self, mel, generator, frame_lengths)
+
+    monkeypatch.setattr(ASiT, "waveform_views", spy_views)
+    monkeypatch.setattr(ASiT, "forward", spy_forward)
+    argv = ["pretrain", "--recipe", "asit", "--data", str(data), "--steps", "1", "--out",
+            str(tmp_path / "out"), "--model", "vit_mini_patch16", "--batch-size", "3",
+            "--device", "cpu", "--amp", "none", "--no-progress", "train.global_batch=null",
+            "optim.warmup_epochs=null", "asit.crop_seconds=0.2", "asit.out_dim_global=16",
+            "asit.out_dim_local=8", "asit.head_hidden_dim=16", "asit.head_bottleneck_dim=8",
+            "asit.rec_hidden_dim=16", "asit.rec_bottleneck_dim=8"]  # fmt: skip
+    assert main(argv) == 0
+    views, mel = seen["views"].numpy(), seen["mel"].numpy()
+    assert views.shape == (6, 6400) and seen["frame_lengths"] is None  # 2 views of 3 clips
+    assert mel.shape == (6, 1 + (6400 - 800) // 320, 128)
+    expected = np.stack([_ast_norm(kaldi_fbank_np(v, SR32)) for v in views])
+    err = np.abs(mel.astype(np.float64) - expected)
+    assert err.mean() <= 1e-5 and err.max() <= 1e-3, (err.mean(), err.max())
 
 
 # ----- maskspec -------------------------------------------------------------------------------
 
 
 def maskspec_np(x: np.ndarray, mean=None, std=None, sr: int = SR32) -> np.ndarray:
-    """MaskSpec's log-mel in float64: torch.stft(n_fft=1024, win_length=800, hop_length=320,
-    periodic Hann, center=True, reflect) power, HTK mel (0 Hz - Nyquist, 128, no area norm),
-    log(x + 1e-5), then (x - mean[f]) / std[f]."""
+    """MaskSpec's AugmentMelSTFT (models/models_mae.py, evaluation range) in float64: conv1d
+    pre-emphasis [-0.97, 1] of the whole clip (one sample shorter), torch.stft(n_fft=1024,
+    win_length=800, hop_length=320, hann_window(800, periodic=False), center=True, reflect)
+    power, kaldi get_mel_banks(128, 1024, sr, 0, 15000) padded with a zero Nyquist column,
+    log(x + 1e-5), then (x - mean[f]) / std[f] (its (x + 4.5) / 5 folded into the statistics)."""
     n_fft, win, hop, n_mels = 1024, 800, 320, 128
-    padded = np.pad(x.astype(np.float64), n_fft // 2, mode="reflect")
+    x = x.astype(np.float64)
+    x = x[1:] - 0.97 * x[:-1]
+    padded = np.pad(x, n_fft // 2, mode="reflect")
     count = 1 + len(x) // hop
     window = np.zeros(n_fft)
     left = (n_fft - win) // 2
-    window[left : left + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
+    window[left : left + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / (win - 1))
     frames = np.stack([padded[t * hop : t * hop + n_fft] for t in range(count)]) * window
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
-    mel_pts = np.linspace(0.0, 2595.0 * np.log10(1.0 + (sr / 2) / 700.0), n_mels + 2)
-    f_pts = 700.0 * (10.0 ** (mel_pts / 2595.0) - 1.0)
-    rise = (freqs[:, None] - f_pts[None, :-2]) / (f_pts[1:-1] - f_pts[:-2])
-    fall = (f_pts[None, 2:] - freqs[:, None]) / (f_pts[2:] - f_pts[1:-1])
-    banks = np.maximum(0.0, np.minimum(rise, fall))  # [513, 128]
-    out = np.log(power @ banks + 1e-5)
+    banks = kaldi_banks_np(sr, n_fft, n_mels, 0.0, 15000.0)
+    out = np.log(power[:, : n_fft // 2] @ banks.T + 1e-5)
     mean = np.zeros(n_mels) if mean is None else np.asarray(mean)
     std = np.ones(n_mels) if std is None else np.asarray(std)
     return (out - mean) / std
@@ -175,7 +228,7 @@ def test_maskspec_matches_the_numpy_formula(kind):
     expected = maskspec_np(x, mean, std)
     wave = torch.from_numpy(x)[None]
     got64 = logmel_reference(wave.double(), None, cfg)[0].numpy()
-    assert got64.shape == expected.shape == (1 + len(x) // 320, 128)
+    assert got64.shape == expected.shape == (1 + (len(x) - 1) // 320, 128)
     np.testing.assert_allclose(got64, expected, rtol=0, atol=1e-9)
     got32 = logmel(wave, preset=cfg, backend="torch")[0].numpy()
     err = np.abs(got32 - expected)
@@ -192,7 +245,7 @@ def test_maskspec_falls_back_to_torch_with_a_notice_and_keeps_padding_zero():
     got = logmel(torch.from_numpy(xs), lengths=lengths, preset=cfg, backend="cpp").numpy()
     assert "log_offset" in _logging.notices()["frontend.cpp.config.log_offset"]
     for i, n in enumerate([8000, 5000]):
-        frames = 1 + n // 320
+        frames = 1 + (n - 1) // 320
         expected = maskspec_np(xs[i, :n], mean, std)
         assert np.abs(got[i, :frames] - expected).max() <= 2e-3
         assert np.all(got[i, frames:] == 0.0)
@@ -269,10 +322,68 @@ def test_maskspec_paper_settings_export_an_encoder_at_32khz_with_the_statistics(
     assert frontend["sample_rate"] == 32000 and frontend["log_offset"] == 1e-5
     assert frontend["norm_mean_bins"] == json.loads(stats.read_text())["mean"]
     config = json.loads((out / "config.json").read_text())
-    assert get_preset("maskspec").center and config["data"]["clip_seconds"] == 9.91
+    assert get_preset("maskspec").center and config["data"]["clip_seconds"] == 9.92
     from fastspec.frontend import num_frames
 
-    assert num_frames(round(9.91 * SR32), get_preset("maskspec")) == 992
+    assert num_frames(round(9.92 * SR32), get_preset("maskspec")) == 992
+    assert num_frames(round(9.91 * SR32), get_preset("maskspec")) == 991
+    # MaskSpec's optimisation, in epochs of the global batch (--steps 0 replaced the epochs)
+    optim, train = config["optim"], config["train"]
+    assert (optim["blr"], optim["warmup_epochs"], optim["betas"]) == (1e-3, 40.0, [0.9, 0.95])
+    assert (train["global_batch"], train["batch_size"]) == (512, 2)
+    assert config["model"]["pos_embed"] == "sincos" and config["masking"]["ratio"] == 0.75
     import fastspec
 
     assert fastspec.load_encoder(out).sample_rate == 32000
+
+
+# ----- atst-clip / atst-frame (Audio-WestlakeU/audiossl) ----------------------------------------
+
+# per recipe: (config.json values, encoder.json model_config values) the reference gives
+ATST_EXPECTED = {
+    # methods/atst/train_base.sh, transform.py (6 s crops), models/atst/audio_transformer.py
+    "atst-clip": (
+        {"optim.blr": 2e-4, "optim.warmup_steps": 15_860, "train.global_batch": 1536,
+         "atst.ema_momentum": 0.9995, "atst.crop_seconds": 6.0},
+        {"class_token": True},
+    ),
+    # methods/atstframe/README.md (base model), audio_transformer.py (FrameAST: no class token)
+    "atst-frame": (
+        {"optim.blr": 8e-5, "optim.warmup_steps": 19_900, "train.global_batch": 864,
+         "atst.ema_momentum": 0.9996, "atst.crop_seconds": 10.0, "masking.kind": "time_span",
+         "masking.ratio": 0.65, "atst.span_length": 5},
+        {"class_token": False},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", sorted(ATST_EXPECTED))
+def test_atst_paper_settings_are_the_references(recipe, tmp_path):
+    data = _wav_folder(tmp_path / "audio", 16000, seconds=1.0)
+    out = tmp_path / "out"
+    argv = ["pretrain", "--recipe", recipe, "--data", str(data), "--steps", "0", "--out", str(out)]
+    argv += ["--model", "vit_mini_patch16", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    expected_config, expected_arch = ATST_EXPECTED[recipe]
+    shared = {"model.pos_embed": "learned", "model.max_frames": 1004, "model.qkv_bias": False,
+              "model.drop_path": 0.1, "optim.min_lr": 1e-6, "optim.weight_decay": 0.04,
+              "optim.weight_decay_end": 0.4, "optim.betas": [0.9, 0.999],
+              "optim.grad_clip": 0.0, "frontend.n_mels": 64}  # fmt: skip
+    for key, want in {**shared, **expected_config}.items():
+        section, name = key.split(".")
+        assert config[section][name] == want, key
+    # the papers count steps: 398,000 / 318,000 unless --steps says otherwise (here 0)
+    assert config["train"]["epochs"] is None and config["optim"]["warmup_epochs"] is None
+    encoder = json.loads((out / "encoder.json").read_text())
+    arch = encoder["model_config"]
+    want_arch = {"pos_embed": "learned", "qkv_bias": False, "drop_path_rate": 0.1}
+    assert {k: arch[k] for k in want_arch} == want_arch
+    assert {k: arch[k] for k in expected_arch} == expected_arch
+    assert encoder["frontend"] == get_preset("atst", n_mels=64).to_dict()
+    import fastspec
+
+    enc = fastspec.load_encoder(out)
+    assert enc.sample_rate == 16000 and enc.backbone.pos_table.shape[0] == 251
+    with torch.no_grad():  # a whole 10 s clip (1001 frames) fits the learned table
+        assert torch.isfinite(enc(0.1 * torch.randn(1, 160_000))).all()

@@ -16,6 +16,7 @@ import torch
 
 from fastspec.cli import main
 from fastspec.data import (
+    BatchOrder,
     ClipDataset,
     DataError,
     ShardSource,
@@ -226,7 +227,7 @@ def test_broken_shards_and_samples_are_skipped_with_reasons(tmp_path):
     ]
     # what only decoding shows is skipped while batches are filled, and replaced
     dataset = ClipDataset(source, SR, 0.25)
-    with make_loader(dataset, batch_size=5, seed=0) as batches:
+    with make_loader(dataset, BatchOrder(batch_size=5, seed=0)) as batches:
         batch = next(batches)
     assert {n.rsplit("/", 1)[1]: r.split(":")[0] for n, r in batch["skipped"]} == {
         "nan.wav": "non-finite",
@@ -245,8 +246,9 @@ def test_torch_loader_on_shards_is_worker_count_and_resume_invariant(folder, tmp
     write_shards(open_source(folder), tmp_path / "o", max_count=3)
     dataset = ClipDataset(open_source(tmp_path / "o"), SR, 0.25, seed=4)
 
-    def take(batches, **options):
-        with make_loader(dataset, 3, seed=1, **options) as stream:
+    def take(batches, start_batch=0, **options):
+        order = BatchOrder(3, seed=1, start_batch=start_batch)
+        with make_loader(dataset, order, **options) as stream:
             return [next(stream) for _ in range(batches)]
 
     serial = take(6)

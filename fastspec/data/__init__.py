@@ -5,7 +5,7 @@ folder; a CSV or JSON-lines manifest; WebDataset tar shards; ``esc50:``, ``speec
 ``audioset:`` datasets). :class:`ClipDataset` turns a source into fixed-length clips at the
 model's sample rate, and :func:`build_loader` streams them as batches, with the DALI loader
 (:mod:`fastspec.data.dali`) or the torch loader (:func:`make_loader`), both in the order of
-:class:`EpochBatchSampler` (:mod:`fastspec.data.sampler`)::
+:class:`EpochBatchSampler` (:mod:`fastspec.data.sampler`), set by one :class:`BatchOrder`::
 
     {"wave": float32 [B, S] in [-1, 1], "lengths": int64 [B], "index": int64 [B],
      "skipped": list[(name, reason)]}
@@ -40,7 +40,7 @@ from fastspec.data.loader import (
     resolve_loader,
 )
 from fastspec.data.manifest import ManifestRow, read_manifest
-from fastspec.data.sampler import BatchStream, EpochBatchSampler
+from fastspec.data.sampler import BatchOrder, BatchStream, EpochBatchSampler
 from fastspec.data.shard_reader import ShardSource, expand_shard_pattern
 from fastspec.data.shard_writer import ShardStats, write_shards
 from fastspec.data.sources import AudioSource, CheckedSource, ClipSpan
@@ -52,6 +52,7 @@ __all__ = [
     "AudioSource",
     "BadAudioError",
     "BatchIterator",
+    "BatchOrder",
     "BatchStream",
     "CheckedSource",
     "ClipDataset",

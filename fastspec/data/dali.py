@@ -43,8 +43,8 @@ import torch
 from fastspec._logging import get_logger, notice_once
 from fastspec.data.audio import SILENCE_THRESHOLD, DataError
 from fastspec.data.clips import ClipDataset
-from fastspec.data.sampler import BatchStream, EpochBatchSampler
-from fastspec.data.sources import CheckedSource
+from fastspec.data.sampler import BatchOrder, BatchStream, EpochBatchSampler
+from fastspec.data.sources import CheckedSource, ClipSpan
 from fastspec.frontend.polyphase import resample, resample_window, resampled_length
 
 __all__ = ["DaliLoader", "dali_available", "dali_version"]
@@ -110,12 +110,9 @@ class _Row:
     epoch: int
     index: int
     encoded: np.ndarray  # what DALI decodes (the placeholder when host is set)
-    span_anchor: int  # the source's segment in the decoded file: [span_anchor, +span_frames)
-    span_frames: int
+    span: ClipSpan  # the source's segment in the decoded file: [span.start, +span.frames)
     crop_anchor: int  # what DALI cuts from the segment: [crop_anchor, +crop_shape), 0-padded
     crop_shape: int
-    sample_rate: int
-    file_frames: int
     start: int  # the crop in output samples (ClipDataset.crop)
     length: int
     host: bool = False  # filled by the reference path, not from DALI's output
@@ -134,14 +131,12 @@ class DaliLoader(BatchStream):
     Args:
         dataset: a :class:`ClipDataset` over a :class:`CheckedSource` (files, manifests,
             datasets, shards: anything with encoded bytes; not the synthetic demo corpus).
-        batch_size: clips per batch.
-        seed: data-order seed.
-        start_batch: global batch number to start from (resume).
+        order: batch size, seed, start batch (resume) and rank (:class:`BatchOrder`), as for
+            :func:`make_loader`.
         num_threads: DALI CPU threads (the counterpart of DataLoader workers; it does not
             change any batch).
         device: ``"cpu"`` (a CPU-only pipeline) or a CUDA device: the batch is handed off to
             the GPU and ``wave`` lives there.
-        rank, world_size: this process's share of each global batch.
         prefetch: batches DALI prepares ahead.
     """
 
@@ -150,17 +145,13 @@ class DaliLoader(BatchStream):
     def __init__(
         self,
         dataset: ClipDataset,
-        batch_size: int,
+        order: BatchOrder,
         *,
-        seed: int,
-        start_batch: int = 0,
         num_threads: int = 2,
         device: str | torch.device = "cpu",
-        rank: int = 0,
-        world_size: int = 1,
         prefetch: int = 2,
     ):
-        super().__init__(start_batch)
+        super().__init__(order.start_batch)
         if not dali_available():
             raise DataError(
                 "the DALI loader needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
@@ -174,17 +165,13 @@ class DaliLoader(BatchStream):
             )
         self.dataset = dataset
         self.source: CheckedSource = source
-        self.batch_size = int(batch_size)
+        self.batch_size = order.batch_size
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device}")
         self.num_threads = max(1, int(num_threads))
         self.prefetch = max(1, int(prefetch))
-        self._sampler = iter(
-            EpochBatchSampler(
-                len(dataset), batch_size, seed, start_batch, rank=rank, world_size=world_size
-            )
-        )
+        self._sampler = iter(EpochBatchSampler(len(dataset), order))
         # the segment slice is needed only when some clip is a part of its file (manifest
         # offset/duration, AudioSet full videos); without it the graph saves a copy per clip
         self._segments = any(
@@ -219,12 +206,9 @@ class DaliLoader(BatchStream):
             epoch=epoch,
             index=index,
             encoded=self._placeholder,
-            span_anchor=span.start,
-            span_frames=span.frames,
+            span=span,
             crop_anchor=crop_anchor,
             crop_shape=crop_shape,
-            sample_rate=span.sample_rate,
-            file_frames=span.file_frames,
             start=start,
             length=length,
             host=index in self._host_decode,
@@ -258,7 +242,7 @@ class DaliLoader(BatchStream):
         crop = (ints([row.crop_anchor for row in rows]), ints([row.crop_shape for row in rows]))
         if not self._segments:  # the pipeline has no segment slice to feed
             return ([row.encoded for row in rows], *crop)
-        segment = (ints([row.span_anchor for row in rows]), ints([row.span_frames for row in rows]))
+        segment = (ints([row.span.start for row in rows]), ints([row.span.frames for row in rows]))
         return ([row.encoded for row in rows], *segment, *crop)
 
     # -- the pipeline
@@ -377,8 +361,8 @@ class DaliLoader(BatchStream):
             peaks = np.asarray(peaks.as_tensor()).reshape(-1)
             for b, row in enumerate(rows):
                 if (
-                    frames[b] != row.file_frames
-                    or int(rates[b]) != row.sample_rate
+                    frames[b] != row.span.file_frames
+                    or int(rates[b]) != row.span.sample_rate
                     or not np.isfinite(totals[b])
                     or peaks[b] < SILENCE_THRESHOLD
                 ):
@@ -389,7 +373,7 @@ class DaliLoader(BatchStream):
         direct = (
             wave_out is not None
             and wave_out.shape[1] == clip
-            and not any(row.host or row.sample_rate != dataset.sample_rate for row in rows)
+            and not any(row.host or row.span.sample_rate != dataset.sample_rate for row in rows)
         )
         wave = wave_out if direct else torch.zeros(batch_size, clip, device=self.device)
         lengths, indices, skipped = [], [], []
@@ -404,7 +388,7 @@ class DaliLoader(BatchStream):
             peak = float(peaks[b])
             lengths.append(row.length)
             indices.append(row.index)
-            if row.sample_rate == dataset.sample_rate:
+            if row.span.sample_rate == dataset.sample_rate:
                 x = wave_out[b, :clip]
                 if peak > 1.0:  # read_audio's scaling of a float file above full scale
                     x.div_(peak).clamp_(-1.0, 1.0)
@@ -414,15 +398,16 @@ class DaliLoader(BatchStream):
             x = wave_out[b, : row.crop_shape]
             if peak > 1.0:
                 x = (x / peak).clamp_(-1.0, 1.0)
-            total = resampled_length(row.span_frames, row.sample_rate, dataset.sample_rate)
+            rate = row.span.sample_rate
+            total = resampled_length(row.span.frames, rate, dataset.sample_rate)
             if total > clip:
                 # the crop's output window, relative to the slice starting at crop_anchor
-                up = dataset.sample_rate // math.gcd(row.sample_rate, dataset.sample_rate)
-                down = row.sample_rate // math.gcd(row.sample_rate, dataset.sample_rate)
+                up = dataset.sample_rate // math.gcd(rate, dataset.sample_rate)
+                down = rate // math.gcd(rate, dataset.sample_rate)
                 rel = row.start - row.crop_anchor // down * up
-                y = resample_window(x, row.sample_rate, dataset.sample_rate, rel, row.length)
+                y = resample_window(x, rate, dataset.sample_rate, rel, row.length)
             else:
-                y = resample(x, row.sample_rate, dataset.sample_rate)
+                y = resample(x, rate, dataset.sample_rate)
             wave[b, : row.length] = y.clamp_(-1.0, 1.0)
         return {
             "wave": wave,

@@ -4,7 +4,9 @@
 - :func:`open_speech_commands`: Speech Commands v2 (one folder per keyword,
   ``validation_list.txt``, ``testing_list.txt``; ``_background_noise_`` is left out);
 - :func:`open_audioset`: AudioSet segment CSVs (``balanced_train_segments.csv`` ...) with
-  ``class_labels_indices.csv``, over a folder of downloaded clips.
+  ``class_labels_indices.csv``, over a folder of downloaded clips;
+- :func:`open_class_folders`: any dataset laid out as one folder per class (the scan of class
+  folders, :func:`class_folders`, is the one Speech Commands' keyword folders use too).
 
 Each returns a :class:`~fastspec.data.LabeledSource`: a file source (so pretraining and both
 loaders take it as is, ignoring the labels) that also answers ``class_names``, ``labels(i)``,
@@ -18,15 +20,22 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastspec.data._utils import scan_folder
-from fastspec.data.audio import MIN_SECONDS, DataError
+from fastspec.data._utils import scan_folder, sorted_names
+from fastspec.data.audio import AUDIO_EXTENSIONS, MIN_SECONDS, DataError
 from fastspec.data.files import LabeledSource
 
-__all__ = ["open_audioset", "open_dataset", "open_esc50", "open_speech_commands"]
+__all__ = [
+    "class_folders",
+    "open_audioset",
+    "open_class_folders",
+    "open_dataset",
+    "open_esc50",
+    "open_speech_commands",
+]
 
 ESC50_FOLDS = (1, 2, 3, 4, 5)
 SPEECH_COMMANDS_SPLITS = ("train", "validation", "test", "all")
@@ -110,6 +119,61 @@ def open_esc50(
     )
 
 
+def class_folders(root: Path, what: str, skip: Iterable[str] = ()) -> dict[str, list[Path]]:
+    """``{folder name: its audio files}`` for every subfolder of ``root`` (not hidden, not in
+    ``skip``), folders sorted by name and files as :func:`scan_folder` orders them; a folder
+    without audio maps to ``[]``. DataError naming ``what`` when ``root`` is not a folder."""
+    if not root.is_dir():
+        raise DataError(f"{what}: {str(root)!r} is not a folder")
+    skip = set(skip)
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return {name: scan_folder(root / name) for name in folders if name not in skip}
+
+
+def open_class_folders(
+    root: str | os.PathLike,
+    *,
+    class_names: Sequence[str] | None = None,
+    min_seconds: float = MIN_SECONDS,
+    verify: bool = False,
+) -> LabeledSource:
+    """A folder-per-class dataset, ``ROOT/<class>/**/<clip>.wav|flac|ogg``, as a LabeledSource.
+
+    The class of a clip is the first folder under ``root``; classes are sorted by name
+    (numerically when all are integers) unless ``class_names`` fixes them. Audio files directly
+    in ``root`` have no class and are skipped with a line each.
+    """
+    root = Path(root)
+    per_class = {k: v for k, v in class_folders(root, "class folders").items() if v}
+    if not per_class:
+        raise DataError(
+            f"class folders: no audio in any subfolder of {str(root)!r} (expected "
+            "ROOT/<class>/<clip>.wav)"
+        )
+    loose = [f for f in sorted(root.iterdir()) if f.is_file()]
+    skipped = [
+        (f.name, "unlabeled: not inside a class folder")
+        for f in loose
+        if f.name.lower().endswith(AUDIO_EXTENSIONS)
+    ]
+    names_in_order = list(class_names) if class_names else sorted_names(per_class)
+    index = {name: k for k, name in enumerate(names_in_order)}
+    unknown = [folder for folder in per_class if folder not in index]
+    if unknown:
+        raise DataError(f"class folders: {unknown[0]!r} in {str(root)!r} is not a known class")
+    files = [path for found in per_class.values() for path in found]
+    return LabeledSource(
+        files,
+        names=[path.relative_to(root).as_posix() for path in files],
+        labels=[(index[folder],) for folder, found in per_class.items() for _ in found],
+        class_names=names_in_order,
+        skipped=skipped,
+        description=f"class folders {str(root)!r}",
+        min_seconds=min_seconds,
+        verify=verify,
+    )
+
+
 def _list_file(path: Path) -> set[str]:
     """Relative paths listed one per line (a missing list is an error: the split needs it)."""
     try:
@@ -140,13 +204,8 @@ def open_speech_commands(
     root = Path(root)
     if split not in SPEECH_COMMANDS_SPLITS:
         raise DataError(f"Speech Commands split must be one of {SPEECH_COMMANDS_SPLITS}")
-    if not root.is_dir():
-        raise DataError(f"Speech Commands: {str(root)!r} is not a folder")
-    keywords = sorted(
-        d.name
-        for d in root.iterdir()
-        if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith(".")
-    )
+    per_keyword = class_folders(root, "Speech Commands", skip=(BACKGROUND_NOISE,))
+    keywords = list(per_keyword)
     if not keywords:
         raise DataError(f"Speech Commands: no keyword folders in {str(root)!r}")
     held_out = {
@@ -154,8 +213,8 @@ def open_speech_commands(
         "test": _list_file(root / "testing_list.txt"),
     }
     files, names, labels = [], [], []
-    for k, keyword in enumerate(keywords):
-        for path in scan_folder(root / keyword):
+    for k, found in enumerate(per_keyword.values()):
+        for path in found:
             name = path.relative_to(root).as_posix()
             if split == "train":
                 keep = name not in held_out["validation"] and name not in held_out["test"]

@@ -21,7 +21,7 @@ from fastspec.backends import Decision, Piece, choose, register
 from fastspec.data import dali
 from fastspec.data.audio import DataError
 from fastspec.data.clips import collate_clips
-from fastspec.data.sampler import BatchStream, EpochBatchSampler
+from fastspec.data.sampler import BatchOrder, BatchStream, EpochBatchSampler
 from fastspec.data.sources import CheckedSource
 
 __all__ = [
@@ -70,37 +70,27 @@ class BatchIterator(BatchStream):
 
 def make_loader(
     dataset: Dataset,
-    batch_size: int,
+    order: BatchOrder,
     *,
-    seed: int,
-    start_batch: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
-    rank: int = 0,
-    world_size: int = 1,
 ) -> BatchIterator:
     """An endless stream of batches from ``dataset`` (a :class:`ClipDataset`).
 
     Args:
         dataset: map-style dataset keyed by ``(epoch, index)``.
-        batch_size: clips per batch.
-        seed: data-order seed.
-        start_batch: global batch number to start from (resume).
+        order: batch size, seed, start batch (resume) and rank (:class:`BatchOrder`).
         num_workers: DataLoader worker processes (0: load in this process). Workers persist
             for the life of the iterator.
         pin_memory: pin batches for asynchronous host-to-device copies; ignored, with a
             one-line notice, when CUDA is unavailable.
         prefetch_factor: batches each worker prepares ahead.
-        rank, world_size: this process's share of each global batch (see
-            :class:`EpochBatchSampler`).
 
     Returns:
         A :class:`BatchIterator`; batch ``g`` is identical for every ``num_workers``.
     """
-    sampler = EpochBatchSampler(
-        len(dataset), batch_size, seed, start_batch, rank=rank, world_size=world_size
-    )
+    sampler = EpochBatchSampler(len(dataset), order)
     if pin_memory and not torch.cuda.is_available():
         notice_once("data.pin_memory", "pin_memory requested without CUDA; batches are not pinned")
         pin_memory = False
@@ -116,10 +106,10 @@ def make_loader(
         # DataLoader draws each iterator's worker base seed from this generator; without one it
         # would draw from (and so shift) the global torch RNG that model init relies on. No
         # randomness here reaches the data: crops are seeded per key.
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(order.seed),
         **worker_options,
     )
-    return BatchIterator(loader, start_batch)
+    return BatchIterator(loader, order.start_batch)
 
 
 # values of --loader / data.loader
@@ -228,24 +218,7 @@ def build_loader(
         ``batch_index``, ``skipped_total``, ``skipped_files``, ``close()``, ``backend``.
     """
     device = torch.device(device)
+    order = BatchOrder(batch_size, seed, start_batch, rank=rank, world_size=world_size)
     if resolve_loader(loader, dataset.source) == "dali":
-        return dali.DaliLoader(
-            dataset,
-            batch_size,
-            seed=seed,
-            start_batch=start_batch,
-            num_threads=max(1, num_workers),
-            device=device,
-            rank=rank,
-            world_size=world_size,
-        )
-    return make_loader(
-        dataset,
-        batch_size,
-        seed=seed,
-        start_batch=start_batch,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        rank=rank,
-        world_size=world_size,
-    )
+        return dali.DaliLoader(dataset, order, num_threads=max(1, num_workers), device=device)
+    return make_loader(dataset, order, num_workers=num_workers, pin_memory=device.type == "cuda")

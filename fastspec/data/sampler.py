@@ -14,12 +14,14 @@ So batch ``g`` of a rank depends only on ``(seed, epoch, rank)``: it is the same
 workers, with the torch loader (:mod:`fastspec.data.loader`) or the DALI loader
 (:mod:`fastspec.data.dali`), and a run resumed with ``start_batch=g`` sees exactly the batches
 ``g, g + 1, ...`` of the uninterrupted run, without producing the earlier ones (only the
-permutation of the current epoch is drawn).
+permutation of the current epoch is drawn). Both loaders take these settings as one
+:class:`BatchOrder`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ import torch
 from fastspec._logging import get_logger
 from fastspec.data.audio import DataError
 
-__all__ = ["BatchStream", "EpochBatchSampler"]
+__all__ = ["BatchOrder", "BatchStream", "EpochBatchSampler"]
 
 _log = get_logger("fastspec.data")
 
@@ -43,66 +45,78 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(high) << 31) ^ int(low)
 
 
+@dataclass(frozen=True)
+class BatchOrder:
+    """Everything that fixes which clips form each batch of this rank, whatever the loader.
+
+    Args:
+        batch_size: keys per batch of this rank.
+        seed: data-order seed (>= 0).
+        start_batch: global number of the first batch to yield (resume); batches before it are
+            skipped without being generated.
+        rank, world_size: this process's share: rank ``r`` takes slice ``r`` of each global
+            batch of ``batch_size * world_size`` keys, so the ranks see disjoint clips.
+    """
+
+    batch_size: int
+    seed: int
+    start_batch: int = 0
+    _: KW_ONLY
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={self.rank}, world={self.world_size}"
+            )
+        if self.seed < 0 or self.start_batch < 0:
+            raise ValueError(
+                f"seed and start_batch must be >= 0, got {self.seed} and {self.start_batch}"
+            )
+
+
 class EpochBatchSampler:
     """Endless batch sampler over ``num_items`` items, yielding lists of ``(epoch, index)`` keys.
 
     Args:
         num_items: dataset size.
-        batch_size: keys per batch of this rank; each epoch yields
-            ``num_items // (batch_size * world_size)`` batches (the remainder of the permutation
-            is dropped, so every batch is full and all ranks take the same number of steps).
-        seed: data-order seed (>= 0).
-        start_batch: global number of the first batch to yield; batches before it are skipped
-            without being generated.
-        rank, world_size: this process's share: rank ``r`` takes slice ``r`` of each global
-            batch of ``batch_size * world_size`` keys, so the ranks see disjoint clips.
+        order: batch size, seed, start batch and rank (:class:`BatchOrder`). Each epoch yields
+            ``num_items // (batch_size * world_size)`` batches (the remainder of the
+            permutation is dropped, so every batch is full and all ranks take the same number
+            of steps).
     """
 
-    def __init__(
-        self,
-        num_items: int,
-        batch_size: int,
-        seed: int,
-        start_batch: int = 0,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
-        if batch_size * world_size > num_items:
+    def __init__(self, num_items: int, order: BatchOrder):
+        if order.batch_size * order.world_size > num_items:
             raise DataError(
-                f"batch_size {batch_size} x {world_size} ranks is larger than the {num_items} "
-                "clips available; every batch must be full, so no batch could be formed"
+                f"batch_size {order.batch_size} x {order.world_size} ranks is larger than the "
+                f"{num_items} clips available; every batch must be full, so no batch could be "
+                "formed"
             )
-        if seed < 0 or start_batch < 0:
-            raise ValueError(f"seed and start_batch must be >= 0, got {seed} and {start_batch}")
         self.num_items = int(num_items)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.start_batch = int(start_batch)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
+        self.order = order
 
     @property
     def batches_per_epoch(self) -> int:
         """Full batches per rank in one pass over the data."""
-        return self.num_items // (self.batch_size * self.world_size)
+        return self.num_items // (self.order.batch_size * self.order.world_size)
 
     def permutation(self, epoch: int) -> list[int]:
         """The item order of ``epoch``: a permutation of ``range(num_items)``."""
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        generator = torch.Generator().manual_seed(_epoch_seed(self.order.seed, epoch))
         return torch.randperm(self.num_items, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, first = divmod(self.start_batch, self.batches_per_epoch)
+        size, world, rank = self.order.batch_size, self.order.world_size, self.order.rank
+        epoch, first = divmod(self.order.start_batch, self.batches_per_epoch)
         while True:
-            order = self.permutation(epoch)
+            permutation = self.permutation(epoch)
             for batch in range(first, self.batches_per_epoch):
-                start = (batch * self.world_size + self.rank) * self.batch_size
-                yield [(epoch, index) for index in order[start : start + self.batch_size]]
+                start = (batch * world + rank) * size
+                yield [(epoch, index) for index in permutation[start : start + size]]
             epoch, first = epoch + 1, 0
 
 

@@ -2,7 +2,8 @@
 
 - :func:`open_task`: a dataset and its protocol (ESC-50 5-fold CV, Speech Commands v2
   train / validation / test, AudioSet multi-label, folder-per-class, labelled manifests);
-- :func:`evaluate`: linear probe and / or fine-tuning of the encoder, plus two baselines (log-mel
+- :func:`evaluate`: linear probe and / or fine-tuning (:func:`fine_tune`, the one loop
+  ``fastspec finetune`` runs too) of the encoder, plus two baselines (log-mel
   mean+std pooling, and a randomly initialised encoder of the same architecture), as a
   :class:`Report` (terminal table, JSON);
 - :func:`write_embeddings`: clip and frame embeddings of audio files into ``.npy`` files;
@@ -13,7 +14,12 @@ Depends on :mod:`fastspec.encoder` and :mod:`fastspec.data` only; the CLI sits o
 
 from fastspec.evaluate.embed import EmbedSummary, open_inputs, write_embeddings
 from fastspec.evaluate.extract import Extraction, extract, logmel_stats
-from fastspec.evaluate.finetune import FinetuneResult, FinetuneSettings, fine_tune
+from fastspec.evaluate.finetune import (
+    FinetuneRecipe,
+    FinetuneResult,
+    FinetuneSettings,
+    fine_tune,
+)
 from fastspec.evaluate.metrics import (
     accuracy,
     average_precision,
@@ -37,6 +43,7 @@ __all__ = [
     "EmbedSummary",
     "EvalSettings",
     "Extraction",
+    "FinetuneRecipe",
     "FinetuneResult",
     "FinetuneSettings",
     "LinearProbe",

@@ -41,8 +41,9 @@ from fastspec.data import (
     open_speech_commands,
 )
 from fastspec.data.audio import MIN_SECONDS
+from fastspec.data.datasets import open_class_folders
 from fastspec.data.demo import EVENT_KINDS
-from fastspec.evaluate.folders import open_class_folders, split_folders
+from fastspec.evaluate.folders import split_folders
 from fastspec.frontend.polyphase import resample
 
 __all__ = ["ClipTable", "Split", "Task", "open_class_folders", "open_labeled", "open_task"]

@@ -1,13 +1,12 @@
-"""The pieces of the fine-tuning recipes: balanced sampling, mixup, SpecAugment, patch-out,
-layer-wise learning-rate decay and the schedule (sources in :mod:`fastspec.finetune.protocols`).
+"""The pieces of the fine-tuning recipes: balanced sampling, mixup, SpecAugment, patch-out and
+layer-wise learning-rate decay (sources in :mod:`fastspec.finetune.protocols`; the schedule is
+the fine-tuning loop's, :func:`fastspec.evaluate.finetune.lr_at`).
 
 Every random draw takes an explicit ``torch.Generator`` / numpy seed, so a run is a function of
 its seed.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -19,7 +18,6 @@ __all__ = [
     "balanced_order",
     "balanced_weights",
     "layer_decay_groups",
-    "lr_at",
     "mixup",
     "patch_out_ids",
     "spec_augment",
@@ -127,8 +125,7 @@ def layer_decay_groups(
     With L blocks there are L + 2 layers: 0 = the patch embedding, class token and positions,
     i + 1 = block i, L + 1 = everything after the blocks (final norm, head). Layer l gets
     ``lr_scale = layer_decay ** (L + 1 - l)``. 1-D parameters, the class token and a learned
-    position table get no weight decay. Each group holds ``lr_scale``; :func:`lr_at` gives the
-    base lr.
+    position table get no weight decay. Each group holds ``lr_scale``, the factor on the schedule's lr.
     """
     n_layers = len(backbone.blocks) + 1
     groups: dict[tuple[int, bool], dict] = {}
@@ -159,12 +156,3 @@ def layer_decay_groups(
     for name, p in head.named_parameters():
         add(f"head.{name}", p, n_layers)
     return [groups[k] for k in sorted(groups)]
-
-
-def lr_at(epoch: float, peak: float, min_lr: float, warmup: float, epochs: float) -> float:
-    """Audio-MAE ``util/lr_sched.py``: linear warm-up to ``peak`` over ``warmup`` epochs, then
-    a half-cycle cosine down to ``min_lr`` at ``epochs``; ``epoch`` is fractional."""
-    if epoch < warmup:
-        return peak * epoch / warmup
-    progress = (epoch - warmup) / max(epochs - warmup, 1e-12)
-    return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from fastspec.data import DataError
+from fastspec.cli_args import add_command, add_encoder_arg, add_run_args, reports_errors
 from fastspec.finetune.protocols import PROTOCOLS, protocol_settings
-from fastspec.finetune.run import finetune
 
 __all__ = ["add_finetune_parser", "cmd_finetune"]
 
@@ -27,13 +25,9 @@ Any setting can be changed with --set key=value (e.g. --set epochs=5 --set mixup
 
 def add_finetune_parser(sub) -> argparse.ArgumentParser:
     """Register ``finetune`` on the subparsers ``sub``; its handler is :func:`cmd_finetune`."""
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune an encoder with a paper's protocol (audioset, esc50, speechcommands)",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("encoder", help="run directory, encoder.safetensors or encoder.json")
+    summary = "fine-tune an encoder with a paper's protocol (audioset, esc50, speechcommands)"
+    p = add_command(sub, "finetune", summary, _DESCRIPTION, handler=cmd_finetune, raw=True)
+    add_encoder_arg(p)
     p.add_argument("data", help="the labelled dataset, in the protocol's layout")
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="folder", help="the recipe")
     p.add_argument("--out", required=True, help="folder for the fine-tuned encoder(s)")
@@ -44,39 +38,35 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of head, order, crops, mixup and masks")
     p.add_argument("--set", action="append", default=[], metavar="key=value", help="any setting")
     p.add_argument("--pooling", choices=["avg", "token"], default="avg", help="head input")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=["auto", "bf16", "none"], default="none", help="autocast")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads")
-    p.set_defaults(func=cmd_finetune)
+    add_run_args(p, amp="none", batch_size=None)  # --batch-size above is the protocol's
     return p
 
 
+@reports_errors("finetune")
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Run :func:`fastspec.finetune.finetune` and print the result."""
-    try:
-        settings = protocol_settings(
-            args.protocol,
-            args.set,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-        )
-        summary = finetune(
-            args.encoder,
-            args.data,
-            args.protocol,
-            settings,
-            args.out,
-            test_data=args.test_data,
-            pooling=args.pooling,
-            device=args.device,
-            workers=args.workers,
-            amp=args.amp,
-        )
-    except (DataError, ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"fastspec finetune: error: {e}", file=sys.stderr)
-        return 2
+    from fastspec.finetune.run import finetune
+
+    settings = protocol_settings(
+        args.protocol,
+        args.set,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    summary = finetune(
+        args.encoder,
+        args.data,
+        args.protocol,
+        settings,
+        args.out,
+        test_data=args.test_data,
+        pooling=args.pooling,
+        device=args.device,
+        workers=args.workers,
+        amp=args.amp,
+    )
     metric = summary["metric"]
     for split in summary["splits"]:
         print(f"  {split['split']}: {metric} {split[metric]:.4f} -> {split['encoder']}")

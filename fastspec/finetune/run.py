@@ -20,8 +20,10 @@ import torch
 from fastspec._logging import get_logger
 from fastspec.encoder import Encoder, load_encoder, save_encoder, set_pooling
 from fastspec.evaluate.extract import resolve_device
-from fastspec.finetune.protocols import ProtocolSettings, open_protocol_task
-from fastspec.finetune.trainer import train_split
+from fastspec.evaluate.finetune import fine_tune
+from fastspec.finetune.protocols import ProtocolSettings
+from fastspec.finetune.tasks import open_protocol_task
+from fastspec.finetune.trainer import ProtocolRecipe
 
 __all__ = ["finetune", "fresh_encoder"]
 
@@ -72,11 +74,11 @@ def finetune(
         )
     splits = []
     for k, split in enumerate(task.splits):
-        result = train_split(
+        result = fine_tune(
             lambda: fresh_encoder(source, pooling, settings.drop_path),
             task,
             split,
-            settings,
+            ProtocolRecipe(settings),
             device=dev,
             workers=workers,
             amp=amp,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastspec._logging import notice_once
-from fastspec.kernels.reference import WINDOW_KINDS, frame_count
+from fastspec.kernels.reference import WINDOW_KINDS, LogScale, frame_count
 
 __all__ = ["FrontendConfig", "get_preset", "list_presets", "num_frames", "read_stats_file"]
 
@@ -30,22 +30,6 @@ _CHOICES = {
     "norm": ("mean_std", "min_max", "per_bin", "none"),
     "precision": ("ieee", "tf32", "tf32x3", "bf16x3", "bf16x6"),
 }
-_INT_FIELDS = ("sample_rate", "win_length", "hop_length", "n_fft", "n_mels")
-_FLOAT_FIELDS = (
-    "preemphasis",
-    "power",
-    "f_min",
-    "f_max",
-    "log_floor",
-    "log_offset",
-    "top_db",
-    "norm_mean",
-    "norm_std",
-    "norm_std_scale",
-    "norm_min",
-    "norm_max",
-)
-_BOOL_FIELDS = ("periodic_window", "center", "remove_dc", "check_finite")
 
 
 @dataclass(frozen=True)
@@ -79,6 +63,10 @@ class FrontendConfig:
     """Subtract each frame's mean before pre-emphasis (Kaldi remove_dc_offset)."""
     preemphasis: float = 0.97
     """Pre-emphasis y[n] = x[n] - a x[n-1], y[0] = (1 - a) x[0], after DC removal; 0 disables."""
+    signal_preemphasis: float = 0.0
+    """Pre-emphasis of the whole clip before framing, ``y[n] = x[n + 1] - a x[n]``: one sample
+    shorter, as MaskSpec's ``conv1d`` with kernel ``[-a, 1]``; 0 disables. Applied to the
+    waveform ahead of every backend (``fastspec.frontend.op``)."""
     power: float = 2.0
     """Spectrum exponent: 2 (power spectrum) or 1 (magnitude)."""
     n_mels: int = 128
@@ -134,12 +122,17 @@ class FrontendConfig:
     one host sync per call, so turn this off for CUDA-graph capture."""
 
     def __post_init__(self):
+        # the type checks follow the annotations (strings, from __future__): every field
+        # annotated int, float or bool, alone or ``| None``, is checked without a second list
+        annotated: dict[str, list[str]] = {}
+        for field in dataclasses.fields(self):
+            annotated.setdefault(field.type.removesuffix(" | None"), []).append(field.name)
         errors = []
-        for name in _INT_FIELDS:
+        for name in annotated["int"]:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 errors.append(f"{name} must be an int, got {value!r}")
-        for name in _FLOAT_FIELDS:
+        for name in annotated["float"]:
             value = getattr(self, name)
             if value is None:
                 continue
@@ -148,7 +141,7 @@ class FrontendConfig:
             else:
                 # ints become floats so that from_dict(to_dict()) compares equal field by field
                 object.__setattr__(self, name, float(value))
-        for name in _BOOL_FIELDS:
+        for name in annotated["bool"]:
             if not isinstance(getattr(self, name), bool):
                 errors.append(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name, choices in _CHOICES.items():
@@ -173,6 +166,10 @@ class FrontendConfig:
                 f"n_fft={self.n_fft} must be even and >= win_length={self.win_length}",
             ),
             (0.0 <= self.preemphasis <= 1.0, f"preemphasis={self.preemphasis} not in [0, 1]"),
+            (
+                0.0 <= self.signal_preemphasis <= 1.0,
+                f"signal_preemphasis={self.signal_preemphasis} not in [0, 1]",
+            ),
             (self.power in (1.0, 2.0), f"power={self.power} must be 1 or 2"),
             (self.n_mels >= 1, f"n_mels={self.n_mels} must be >= 1"),
             (
@@ -218,6 +215,11 @@ class FrontendConfig:
     def log_mult(self) -> float:
         """Multiplier applied to ln(.): 1 for ln, 10 / ln(10) for dB."""
         return 1.0 if self.log == "ln" else 10.0 / math.log(10.0)
+
+    @property
+    def log_scale(self) -> LogScale:
+        """How mel energies become log-mel, for the torch reference and the kernel plan."""
+        return LogScale(self.power, self.log_floor, self.log_mult, self.top_db)
 
     def norm_affine(self, normalize: bool = True) -> tuple[float, float]:
         """``(mul, add)`` such that the normalised feature is ``x * mul + add``."""
@@ -300,23 +302,28 @@ _PRESETS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
         },
         {},
     ),
-    # MaskSpec (WangHelin1997/MaskSpec): 32 kHz, STFT 1024 / Hann window 800 / hop 320, 128 mel,
-    # log(x + 1e-5), each mel bin normalised by its own mean / std from a statistics file
-    # (``fastspec stats``; read with read_stats_file). Taken as torch.stft / torchaudio
-    # MelSpectrogram defaults: periodic window, centred reflect-padded frames, no DC removal or
-    # pre-emphasis, HTK mel 0 Hz - Nyquist.
+    # MaskSpec (WangHelin1997/MaskSpec models/models_mae.py, AugmentMelSTFT as
+    # MaskedAutoencoderViT builds it): 32 kHz; the whole clip pre-emphasised by conv1d [-0.97, 1]
+    # (one sample shorter); torch.stft n_fft 1024, hop 320, symmetric Hann window of 800
+    # (periodic=False) centred in the FFT, centred reflect-padded frames; power spectrum;
+    # torchaudio.compliance.kaldi.get_mel_banks 128 bins from 0 Hz to 15 kHz (sr / 2 -
+    # fmax_aug_range / 2, its evaluation range), Nyquist weight 0; ln(x + 1e-5); each mel bin
+    # normalised by its own mean / std (``fastspec stats``; read with read_stats_file). The
+    # reference's (x + 4.5) / 5 before its per-bin statistics is the same affine folded into them.
     "maskspec": (
         {
             "sample_rate": 32000,
             "win_length": 800,
             "hop_length": 320,
             "n_fft": 1024,
-            "periodic_window": True,
+            "periodic_window": False,
             "center": True,
             "remove_dc": False,
             "preemphasis": 0.0,
+            "signal_preemphasis": 0.97,
             "f_min": 0.0,
-            "mel_scale": "htk",
+            "f_max": 15000.0,
+            "mel_scale": "kaldi",
             "log_offset": 1e-5,
             "norm": "per_bin",
         },
@@ -383,6 +390,10 @@ def read_stats_file(path, n_mels: int | None = None) -> dict[str, list[float]]:
 def num_frames(num_samples, cfg: FrontendConfig):
     """Frames produced from ``num_samples`` samples (int, or int Tensor of any shape).
 
-    0 for clips shorter than one window with Kaldi framing (``center=False``).
+    0 for clips shorter than one window with Kaldi framing (``center=False``). A clip
+    pre-emphasised as a whole (``signal_preemphasis``) loses one sample first.
     """
+    if cfg.signal_preemphasis:
+        shorter = num_samples - 1
+        num_samples = max(shorter, 0) if isinstance(shorter, int) else shorter.clamp(0)
     return frame_count(num_samples, cfg.frame_length, cfg.hop_length, cfg.center)

@@ -38,7 +38,7 @@ from . import polyphase as rs
 from .backend import resolve_backend
 from .config import FrontendConfig, num_frames
 
-__all__ = ["config_key", "logmel_op", "compute_logmel", "log_scale_options"]
+__all__ = ["config_key", "logmel_op", "compute_logmel"]
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(FrontendConfig))
@@ -68,10 +68,23 @@ def _sym_frames(num_samples, cfg: FrontendConfig):
 
 
 def _output_samples(num_samples, cfg: FrontendConfig, orig_sample_rate: int):
-    if orig_sample_rate == cfg.sample_rate:
-        return num_samples
-    up, down = rs.reduced_ratio(orig_sample_rate, cfg.sample_rate)
-    return -(-num_samples * up // down)
+    """Samples the backend frames: resampled, then one fewer after ``signal_preemphasis``."""
+    if orig_sample_rate != cfg.sample_rate:
+        up, down = rs.reduced_ratio(orig_sample_rate, cfg.sample_rate)
+        num_samples = -(-num_samples * up // down)
+    if cfg.signal_preemphasis:
+        num_samples = torch.sym_max(0, num_samples - 1)
+    return num_samples
+
+
+def preemphasize_signal(
+    wave: Tensor, lengths: Tensor | None, coeff: float
+) -> tuple[Tensor, Tensor | None]:
+    """``y[n] = x[n + 1] - coeff x[n]`` over each whole clip (MaskSpec's ``conv1d`` with kernel
+    ``[-coeff, 1]``): ``[B, S]`` -> ``[B, S - 1]``, every clip one sample shorter."""
+    x = wave.to(torch.promote_types(wave.dtype, torch.float32))
+    out = x[:, 1:] - coeff * x[:, :-1]
+    return out, None if lengths is None else (lengths - 1).clamp_min(0)
 
 
 def _check_values(wave: Tensor, lengths: Tensor | None, cfg: FrontendConfig) -> None:
@@ -142,21 +155,13 @@ def mel_banks(cfg: FrontendConfig, dtype, device) -> Tensor:
     )
 
 
-def log_scale_options(cfg: FrontendConfig) -> dict:
-    """How the config turns the mel spectrum into log-mel (``power``, ``log_floor``,
-    ``log_mult``, ``top_db``): the same keywords for the torch reference and the kernel plan."""
-    return {
-        "power": cfg.power,
-        "log_floor": cfg.log_floor,
-        "log_mult": cfg.log_mult,
-        "top_db": cfg.top_db,
-    }
-
-
 def reference_logmel(
     wave: Tensor, lengths: Tensor | None, cfg: FrontendConfig, normalize: bool, dtype: torch.dtype
 ) -> Tensor:
     """The torch reference in ``dtype``, no checks: ``[B, S]`` -> ``[B, T, n_mels]``."""
+    if cfg.signal_preemphasis:
+        wave, lengths = preemphasize_signal(_to_float(wave, dtype), lengths, cfg.signal_preemphasis)
+        cfg = dataclasses.replace(cfg, signal_preemphasis=0.0)
     window, mel_fb = torch_constants(cfg, wave.device, dtype)
     norm_mul, norm_add = cfg.norm_affine(normalize)
     out = ref.logmel_ref(
@@ -170,10 +175,10 @@ def reference_logmel(
         pad_mode=cfg.pad_mode,
         remove_dc=cfg.remove_dc,
         preemphasis=cfg.preemphasis,
+        log_scale=cfg.log_scale,
         norm_mul=norm_mul,
         norm_add=norm_add,
         log_offset=cfg.log_offset,
-        **log_scale_options(cfg),
     )
     return per_bin_norm(out, lengths, cfg, normalize)
 
@@ -229,8 +234,8 @@ def triton_plan(cfg: FrontendConfig, device: torch.device, orig_sample_rate: int
         hop_length=cfg.hop_length,
         center=cfg.center,
         pad_mode=cfg.pad_mode,
+        log_scale=cfg.log_scale,
         device=device,
-        **log_scale_options(cfg),
         **extra,
     )
 
@@ -249,6 +254,15 @@ def compute_logmel(
     chosen = resolve_backend(backend, wave.device, cfg)
     if lengths is not None:
         lengths = lengths.to(device=wave.device, dtype=torch.int64)
+    if cfg.signal_preemphasis:
+        # MaskSpec: the whole clip is pre-emphasised at the working rate, then featurised by
+        # any backend as a plain clip one sample shorter
+        _check_values(wave, lengths, cfg)
+        if orig_sample_rate != cfg.sample_rate:
+            wave, lengths = _resample_batch(wave, lengths, cfg, orig_sample_rate)
+        wave, lengths = preemphasize_signal(wave, lengths, cfg.signal_preemphasis)
+        plain = dataclasses.replace(cfg, signal_preemphasis=0.0)
+        return compute_logmel(wave, lengths, plain, normalize, chosen, out_dtype, cfg.sample_rate)
     if chosen != "torch" and cfg.bin_affine(normalize) is not None:
         # the kernels take a scalar affine: per-bin normalisation follows their float32 output
         out = compute_logmel(wave, lengths, cfg, False, chosen, torch.float32, orig_sample_rate)
@@ -256,7 +270,7 @@ def compute_logmel(
     resampling = orig_sample_rate != cfg.sample_rate
     with torch.no_grad():
         if chosen == "triton":
-            from fastspec.kernels.logmel import fused_logmel
+            from fastspec.kernels.logmel import logmel_fwd
 
             norm_mul, norm_add = cfg.norm_affine(normalize)
             folded = resampling and not cfg.center
@@ -265,7 +279,7 @@ def compute_logmel(
                 _check_values(wave, lengths, cfg)
                 wave, lengths = _resample_batch(wave, lengths, cfg, orig_sample_rate)
             plan = triton_plan(cfg, wave.device, orig_sample_rate if folded else None)
-            return fused_logmel(
+            return logmel_fwd(
                 wave,
                 lengths,
                 plan,

@@ -35,11 +35,16 @@ Members (all encoders):
   clip (what MFU is computed from);
 - constructor options every encoder takes: ``n_mels``, ``frame_tokens`` (full-frequency output
   tokens of that many frames, the layout ATST recipes ask for), ``pos_embed`` (``sincos`` fixed
-  or ``learned`` up to ``max_frames``), ``qkv_bias``, ``drop_path_rate``, ``device``,
-  ``dtype``; :meth:`arch_config` gives the kwargs that rebuild the architecture.
+  or ``learned`` up to ``max_frames``), ``qkv_bias``, ``drop_path_rate``, ``class_token``,
+  ``device``, ``dtype``; :meth:`arch_config` gives the kwargs that rebuild the architecture.
 
-A subclass builds ``patch_embed`` (``nn.Linear(pt * pf, D_0)``), ``cls_token`` ([D_0]),
-``blocks`` and ``norm``, calls :meth:`set_geometry` and :meth:`make_positions`, and implements :meth:`forward_blocks`,
+Without a class token (``class_token=False``, ATST-Frame) slot 0 stays, so the layout is the same
+for all, but as a placeholder: a zero buffer, a key masked in every block (patch tokens compute
+what they would without it; attention always gets a padding mask), zero in the output.
+
+A subclass builds ``patch_embed`` (``nn.Linear(pt * pf, D_0)``), ``cls_token`` ([D_0],
+:func:`~fastspec.models.layers.make_class_token`), ``blocks`` and ``norm``, calls :meth:`set_geometry`
+and :meth:`make_positions`, and implements :meth:`forward_blocks`,
 :meth:`block_shapes` and :meth:`arch_config`.
 """
 
@@ -102,6 +107,7 @@ class SpectrogramEncoder(nn.Module):
 
     patch_embed: nn.Linear
     cls_token: nn.Parameter
+    class_token: bool = True  # False: slot 0 is a placeholder (module docstring)
     blocks: nn.ModuleList
     norm: nn.LayerNorm
     embed_dim: int  # width of the output tokens
@@ -338,7 +344,7 @@ class SpectrogramEncoder(nn.Module):
             mask, mask_embed: see :meth:`embed`.
 
         Returns:
-            out: [B, 1 + K (or N), D] after the final LayerNorm, class token first.
+            out: [B, 1 + K (or N), D] after the final LayerNorm, class token (or zero) first.
             stages: per stage [B, K, a_s, C_s] (``stage_tokens``, ``stage_dims``), the last
                 with ``a_s = 1``.
         """
@@ -355,7 +361,12 @@ class SpectrogramEncoder(nn.Module):
             units = ids_keep if ids_keep is not None else torch.arange(n_units, device=mel.device)
             t_of_unit = torch.div(units, f_p, rounding_mode="floor")  # [K] or [B, K]
             unit_padding = t_of_unit.expand(b, n_units) >= token_lengths.to(mel.device)[:, None]
-        return self.forward_blocks(x, n_units, unit_padding)
+        if not self.class_token and unit_padding is None:  # the placeholder is always masked
+            unit_padding = torch.zeros(b, n_units, dtype=torch.bool, device=mel.device)
+        out, stages = self.forward_blocks(x, n_units, unit_padding)
+        if not self.class_token:  # zero, not the placeholder's meaningless output
+            out = torch.cat([torch.zeros_like(out[:, :1]), out[:, 1:]], dim=1)
+        return out, stages
 
     def forward_features(self, mel: Tensor, *args, **kwargs) -> Tensor:
         """[B, T, F] -> [B, 1 + K (or N), D]: :meth:`forward_multiscale` (same arguments:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from fastspec.masking import restore_tokens
 from fastspec.models.layers import Block, init_mae_
 from fastspec.models.pos_embed import cached_sincos_2d
+from fastspec.models.registry import constructor_config
 
 
 class MAEDecoder(nn.Module):
@@ -96,16 +97,7 @@ class MAEDecoder(nn.Module):
 
     def arch_config(self) -> dict:
         """JSON-safe constructor kwargs: ``MAEDecoder(**cfg)`` rebuilds this architecture."""
-        return {
-            "encoder_dim": self.encoder_dim,
-            "decoder_dim": self.decoder_dim,
-            "depth": self.depth,
-            "num_heads": self.num_heads,
-            "patch_dim": self.patch_dim,
-            "mlp_ratio": self.mlp_ratio,
-            "stage_dims": list(self.stage_dims),
-            "stage_tokens": list(self.stage_tokens),
-        }
+        return constructor_config(self)
 
     def forward(
         self,

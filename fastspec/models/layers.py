@@ -31,17 +31,40 @@ class SelfAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-def token_padding_mask(unit_padding: Tensor | None, tokens_per_unit: int) -> Tensor | None:
+def token_padding_mask(
+    unit_padding: Tensor | None, tokens_per_unit: int, class_token: bool = True
+) -> Tensor | None:
     """unit_padding: [B, K] bool (True = padding) -> [B, 1 + K * tokens_per_unit] bool, the
-    class token first and always valid (so every attention row keeps a valid key)."""
+    class token first and always valid (so every attention row keeps a valid key); without a
+    class token (``class_token=False``) slot 0 is a placeholder, always padding."""
     if unit_padding is None:
         return None
     b, k = unit_padding.shape
     # explicit sizes: K may be 0 (everything masked), where -1 would be ambiguous
     per_token = unit_padding[:, :, None].expand(b, k, tokens_per_unit)
     per_token = per_token.reshape(b, k * tokens_per_unit)
-    cls_valid = torch.zeros(b, 1, dtype=torch.bool, device=unit_padding.device)
-    return torch.cat([cls_valid, per_token], dim=1)
+    prefix = torch.full((b, 1), not class_token, dtype=torch.bool, device=unit_padding.device)
+    return torch.cat([prefix, per_token], dim=1)
+
+
+def make_class_token(encoder: nn.Module, class_token: bool, width: int, **factory) -> None:
+    """Give ``encoder`` its ``class_token`` flag and ``cls_token`` [width]: a parameter
+    (initialised by :func:`init_class_token`), or without a class token a zero buffer kept out
+    of the state dict, the placeholder of ``fastspec.models.contract``."""
+    encoder.class_token = bool(class_token)
+    if encoder.class_token:
+        encoder.cls_token = nn.Parameter(torch.empty(width, **factory))
+    else:
+        encoder.register_buffer("cls_token", torch.zeros(width, **factory), persistent=False)
+
+
+@torch.no_grad()
+def init_class_token(encoder: nn.Module) -> None:
+    """A class token starts as N(0, 0.02) (MAE, timm); the placeholder is zero."""
+    if encoder.class_token:
+        nn.init.normal_(encoder.cls_token, std=0.02)
+    else:
+        encoder.cls_token.zero_()
 
 
 class DropPath(nn.Module):

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from fastspec.models.contract import BlockShape, SpectrogramEncoder, as_pair
-from fastspec.models.layers import init_mae_
+from fastspec.models.layers import init_class_token, init_mae_, make_class_token
 from fastspec.models.pooling_attention import Layout, MultiscaleBlock, UnitPool
-from fastspec.models.registry import build_with_overrides, register_model
+from fastspec.models.registry import build_with_overrides, constructor_config, register_model
 
 
 def frame_token_layout(frame_tokens: int, n_mels: int, transitions: int) -> dict:
@@ -75,6 +75,7 @@ class MASTEncoder(SpectrogramEncoder):
         norm_eps: LayerNorm epsilon.
         residual_pooling: add the pooled query to the attention output (MViTv2).
         drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks).
+        class_token: a learned class token; False: a masked placeholder (ATST-Frame, contract).
         device, dtype: where and in what dtype parameters are created (``"meta"`` allocates
             nothing; then ``to_empty`` and :meth:`init_weights`).
 
@@ -100,6 +101,7 @@ class MASTEncoder(SpectrogramEncoder):
         norm_eps: float = 1e-6,
         residual_pooling: bool = True,
         drop_path_rate: float = 0.0,
+        class_token: bool = True,
         device=None,
         dtype=None,
     ):
@@ -145,7 +147,7 @@ class MASTEncoder(SpectrogramEncoder):
         # a linear map on flattened patches == a conv with kernel = stride = patch size; it can
         # run on the gathered patches of the kept units only
         self.patch_embed = nn.Linear(pt * pf, dims[0], **factory)
-        self.cls_token = nn.Parameter(torch.empty(dims[0], **factory))  # [D_0]
+        make_class_token(self, class_token, dims[0], **factory)  # cls_token [D_0]
         # one flat list (the training loop compiles ``blocks`` one by one), stages by index
         self.blocks = nn.ModuleList(
             MultiscaleBlock(**spec, **factory) for spec in self._block_specs()
@@ -187,6 +189,7 @@ class MASTEncoder(SpectrogramEncoder):
                     "qkv_bias": self.qkv_bias,
                     "norm_eps": self.norm_eps,
                     "residual_pooling": self.residual_pooling,
+                    "class_token": self.class_token,
                     "drop_path": self.drop_path_rate * len(specs) / max(total - 1, 1),
                 }
                 specs.append(spec)
@@ -202,26 +205,12 @@ class MASTEncoder(SpectrogramEncoder):
             for m in self.modules():
                 if isinstance(m, UnitPool):
                     m.init_weights()
-            nn.init.normal_(self.cls_token, std=0.02)
+        init_class_token(self)
 
     def arch_config(self) -> dict:
-        """JSON-safe constructor kwargs: ``MASTEncoder(**cfg)`` rebuilds this architecture."""
-        return {
-            "dims": list(self.dims),
-            "depths": list(self.depths),
-            "heads": list(self.heads),
-            "q_strides": [list(s) for s in self.q_strides],
-            "kv_stride": list(self.kv_stride),
-            "embed_patch_size": list(self.embed_patch_size),
-            "n_mels": self.n_mels,
-            "pos_embed": self.pos_embed,
-            "max_frames": self.max_frames,
-            "mlp_ratio": self.mlp_ratio,
-            "qkv_bias": self.qkv_bias,
-            "norm_eps": self.norm_eps,
-            "residual_pooling": self.residual_pooling,
-            "drop_path_rate": self.drop_path_rate,
-        }
+        """JSON-safe constructor kwargs: ``MASTEncoder(**cfg)`` rebuilds this architecture
+        (``frame_tokens`` is recorded as the patch size and query strides it stands for)."""
+        return constructor_config(self, derived=("frame_tokens",))
 
     # ---- grids --------------------------------------------------------------------------------
 

@@ -107,6 +107,7 @@ class PoolingAttention(nn.Module):
         num_heads: H; head dim ``C_out / H``.
         q_stride, kv_stride: (st, sf) pooling windows; (1, 1) = no pooling (and no norm).
         residual_pooling: add the pooled query to the attention output (MViTv2 §4.1).
+        class_token: False: the first token is a placeholder no query attends to (contract).
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class PoolingAttention(nn.Module):
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
         residual_pooling: bool = True,
+        class_token: bool = True,
         device=None,
         dtype=None,
     ):
@@ -132,6 +134,7 @@ class PoolingAttention(nn.Module):
         self.q_stride = tuple(q_stride)
         self.kv_stride = tuple(kv_stride)
         self.residual_pooling = residual_pooling
+        self.class_token = bool(class_token)
         self.qkv = nn.Linear(dim_in, 3 * dim_out, bias=qkv_bias, **factory)
         self.proj = nn.Linear(dim_out, dim_out, **factory)
 
@@ -169,7 +172,9 @@ class PoolingAttention(nn.Module):
         # and v agree and flash kernels stay eligible
         q, k, v = q.to(qkv.dtype), k.to(qkv.dtype), v.to(qkv.dtype)
         kv_layout = pooled_layout(layout, self.kv_stride)
-        key_padding = token_padding_mask(unit_padding, kv_layout[1] * kv_layout[2])
+        key_padding = token_padding_mask(
+            unit_padding, kv_layout[1] * kv_layout[2], self.class_token
+        )
         out = attention(q, k, v, key_padding)  # [B, H, 1 + N_q, Dh]
         if self.residual_pooling:
             out = out + q
@@ -197,6 +202,7 @@ class MultiscaleBlock(nn.Module):
         norm_eps: float = 1e-6,
         residual_pooling: bool = True,
         drop_path: float = 0.0,
+        class_token: bool = True,
         device=None,
         dtype=None,
     ):
@@ -216,6 +222,7 @@ class MultiscaleBlock(nn.Module):
             qkv_bias,
             norm_eps,
             residual_pooling,
+            class_token,
             **factory,
         )
         self.proj_skip = nn.Linear(dim_in, dim_out, **factory) if dim_in != dim_out else None

@@ -60,3 +60,20 @@ def build_with_overrides(cls: type, name: str, defaults: dict, overrides: dict, 
             f"accepted: {', '.join(accepted)}"
         )
     return cls(**{**defaults, **overrides}, **device_dtype)
+
+
+def constructor_config(module: nn.Module, derived: tuple[str, ...] = ()) -> dict:
+    """The JSON-safe constructor kwargs of ``module``: ``type(module)(**cfg)`` rebuilds it.
+
+    Read from the constructor's signature, so a new argument cannot be left out of an exported
+    architecture: each one (but ``device``, ``dtype`` and the ``derived`` ones, alternatives that
+    the constructor folds into others, such as ``frame_tokens``) must be kept as the attribute
+    of the same name; an attribute that is missing raises AttributeError. Tuples become lists.
+    """
+
+    def json_safe(value):
+        return [json_safe(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+    skip = {"self", "device", "dtype", *derived}
+    names = [n for n in inspect.signature(type(module).__init__).parameters if n not in skip]
+    return {name: json_safe(getattr(module, name)) for name in names}

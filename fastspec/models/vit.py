@@ -8,12 +8,17 @@ embedded by a linear layer (the same map as a ``pt x pf`` stride-``pt x pf`` con
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from fastspec.models.contract import BlockShape, SpectrogramEncoder, as_pair
-from fastspec.models.layers import Block, init_mae_, token_padding_mask
-from fastspec.models.registry import build_with_overrides, register_model
+from fastspec.models.layers import (
+    Block,
+    init_class_token,
+    init_mae_,
+    make_class_token,
+    token_padding_mask,
+)
+from fastspec.models.registry import build_with_overrides, constructor_config, register_model
 
 
 class ViTEncoder(SpectrogramEncoder):
@@ -37,6 +42,7 @@ class ViTEncoder(SpectrogramEncoder):
         qkv_bias: bias on the fused QKV projection.
         drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks).
         norm_eps: LayerNorm epsilon (1e-6 as timm/MAE ViTs).
+        class_token: a learned class token; False: a masked placeholder (ATST-Frame, contract).
         device, dtype: where and in what dtype parameters are created (``"meta"`` allocates
             nothing; then ``to_empty`` and :meth:`init_weights`).
     """
@@ -55,6 +61,7 @@ class ViTEncoder(SpectrogramEncoder):
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
         norm_eps: float = 1e-6,
+        class_token: bool = True,
         device=None,
         dtype=None,
     ):
@@ -81,7 +88,7 @@ class ViTEncoder(SpectrogramEncoder):
         # a linear map on flattened patches == a conv with kernel = stride = patch size, but it
         # can run on just the gathered kept patches (SpectrogramEncoder.embed)
         self.patch_embed = nn.Linear(self.patch_dim, embed_dim, **factory)
-        self.cls_token = nn.Parameter(torch.empty(embed_dim, **factory))  # [D]
+        make_class_token(self, class_token, embed_dim, **factory)  # cls_token [D]
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps,
                   drop_path=self.drop_path_rate * i / max(depth - 1, 1), **factory)
@@ -95,30 +102,18 @@ class ViTEncoder(SpectrogramEncoder):
         a linear is its weight), zero biases, LayerNorm identity, class token ~ N(0, 0.02)."""
         init_mae_(self)
         self.init_positions()
-        with torch.no_grad():
-            nn.init.normal_(self.cls_token, std=0.02)
+        init_class_token(self)
 
     def arch_config(self) -> dict:
-        """JSON-safe constructor kwargs: ``ViTEncoder(**cfg)`` rebuilds this architecture."""
-        return {
-            "embed_dim": self.embed_dim,
-            "depth": self.depth,
-            "num_heads": self.num_heads,
-            "mlp_ratio": self.mlp_ratio,
-            "patch_size": list(self.patch_size),
-            "n_mels": self.n_mels,
-            "pos_embed": self.pos_embed,
-            "max_frames": self.max_frames,
-            "qkv_bias": self.qkv_bias,
-            "drop_path_rate": self.drop_path_rate,
-            "norm_eps": self.norm_eps,
-        }
+        """JSON-safe constructor kwargs: ``ViTEncoder(**cfg)`` rebuilds this architecture
+        (``frame_tokens`` is recorded as the ``patch_size`` it stands for)."""
+        return constructor_config(self, derived=("frame_tokens",))
 
     def forward_blocks(
         self, x: Tensor, n_units: int, unit_padding: Tensor | None
     ) -> tuple[Tensor, list[Tensor]]:
         """x: [B, 1 + K, D] -> ([B, 1 + K, D] normed, [[B, K, 1, D]] the one stage)."""
-        key_padding_mask = token_padding_mask(unit_padding, 1)  # [B, 1 + K] or None
+        key_padding_mask = token_padding_mask(unit_padding, 1, self.class_token)  # [B, 1 + K]
         for block in self.blocks:
             x = block(x, key_padding_mask)
         return self.norm(x), [x[:, 1:].unsqueeze(2)]

@@ -21,7 +21,11 @@ and, optionally, hooks the training loop calls when they exist:
 
 - ``before_step(step, total_steps)``: set per-step schedules (teacher temperature, ...);
 - ``after_step(step, total_steps)``: after each optimizer step (the EMA teacher update);
-- ``health(stats: dict[str, float]) -> list[str]``: warnings (e.g. collapse) for the logged stats.
+- ``health(stats: dict[str, float]) -> list[str]``: warnings (e.g. collapse) for the logged stats;
+- ``waveform_views(wave, lengths, generator) -> views``: a recipe whose paper cuts its views from
+  the waveform (ASiT: roll, then two crops of samples) returns them ([V * B, S'], view-major,
+  each featurised whole); the loop runs its front end on them and passes their features to
+  ``forward`` with ``frame_lengths=None`` and the same generator, whose draws continue there.
 
 Statistics over the batch (centres, batch norm, memories) go through
 :mod:`~fastspec.recipes.collective`, so under torchrun they cover every rank's clips.

@@ -4,17 +4,20 @@ One training step, as the paper's code (``Sara-Ahmed/ASiT``: ``main_ASiT.py``, `
 ``data_transformations.py``, ``utils.collate_batch``) runs it, with the CPU data path moved onto
 the device:
 
-1. **Views.** Two random crops per clip (6 s, 592 frames = 37 patches of 16 frames, of the
-   Kaldi 128-mel features), cropped from the clip's features on the device
-   (:func:`~fastspec.recipes.views.random_time_crops`). Crops are stacked crop-major: row
-   ``v * B + b`` is crop ``v`` of clip ``b``.
+1. **Views, from the waveform** (:meth:`ASiT.waveform_views`, which the training loop calls
+   before its front end). With probability 1/2 the clip's samples are rolled by a shift uniform
+   over 0..L (``dataloader.py``); then two random crops of 6 s of samples are cut
+   (``data_transformations.py``: ``RandomResizedCrop``, an offset only), each turned into Kaldi
+   128-mel features by the front end and cut to 592 frames = 37 patches of 16 (the paper's
+   ``num_frames``). Crops are stacked crop-major: row ``v * B + b`` is crop ``v`` of clip ``b``.
 2. **Group masking (GMML).** Each crop gets its own rectangles covering 50-70 % of its bins,
    filled with zeros (the paper's ``drop_type``; or noise); then, with probability
    ``paste_prob`` (1/2), a crop is instead corrupted with rectangles covering ``paste_ratio``
    (30 %) of it, filled with the same bins of another clip's crop (``collate_batch``'s
    ``drop_replace``). Masked regions stay in the sequence: the student sees every patch.
-3. **Teacher** (an EMA copy of the student encoder + distillation head, no autograd state)
-   encodes the clean crops; the **student** the corrupted ones.
+3. **Teacher** (an EMA copy of the student encoder + distillation head, no autograd state,
+   always in eval mode: the paper builds it without the student's stochastic depth) encodes
+   the clean crops; the **student** the corrupted ones.
 4. **Losses**, computed in float32:
 
    - *global*: DINO cross-entropy between the teacher's class-token distribution of one crop
@@ -44,10 +47,9 @@ the EMA teacher gives the better features (DINO, section 5.2). So :attr:`ASiT.en
 module the training loop exports, is the teacher's backbone; the trained student is
 ``ASiT.student.encoder``. Both are in every checkpoint.
 
-Where this differs from the paper's code: no stochastic depth in the student (fastspec's ViT has
-none); crops are cut from the log-mel of one longer clip (the paper crops the waveform and runs
-the front end per crop: the same features up to framing at the crop edges); the pasted clip is
-always another clip of the batch (the paper's ``randint`` may draw the crop itself); the
+Where this differs from the paper's code: the Kaldi front end removes each frame's DC offset
+but not first each crop's mean (a no-op after it, up to rounding); the pasted clip is always
+another clip of the batch (the paper's ``randint`` may draw the crop itself); the
 reconstruction head's last layer has a bias per bin (the paper's transposed convolution shares
 one); its ``freeze_last_layer`` names parameters ``last_layer`` that ASiT's head does not have,
 so the paper's code never freezes them: ``freeze_last_layer=0`` is the faithful default.
@@ -80,7 +82,7 @@ from fastspec.recipes.monitors import (
 )
 from fastspec.recipes.spec import RecipeSpec
 from fastspec.recipes.teacher import EMATeacher, ema_momentum, warmup_then_constant
-from fastspec.recipes.views import random_time_crops
+from fastspec.recipes.views import random_roll, random_wave_crops
 
 # ---- the recipe ---------------------------------------------------------------------------------
 
@@ -93,8 +95,11 @@ class ASiT(nn.Module):
             the teacher is a copy made here. Its output tokens carry the local distillation and
             the reconstruction (one per ``patch_size`` footprint: a 16x16 ViT patch, a MAST
             mask unit), and GMML's rectangles are counted per output token.
-        crop_frames: frames per crop, rounded down to whole output tokens (6 s of the Kaldi
-            preset: 598 frames -> 592 with 16-frame patches, the paper's ``num_frames``).
+        crop_samples: samples per waveform crop (6 s at 32 kHz: 192,000).
+        crop_frames: frames kept of each crop's features, rounded down to whole output tokens
+            (6 s of the Kaldi preset: 598 frames -> 592 with 16-frame patches, the paper's
+            ``num_frames``).
+        roll_prob: probability that a clip's waveform is rolled before cropping (1/2).
         mask_kind, mask_ratio: the mask sampler and the top of its band (``group``, 0.7: the
             paper's ``drop_perc``). Other kinds mask whole patches.
         mask_min_ratio, max_block: GMML's band bottom (0.5) and largest rectangle side (0.3).
@@ -120,7 +125,9 @@ class ASiT(nn.Module):
         self,
         encoder: nn.Module,
         *,
+        crop_samples: int = 192_000,
         crop_frames: int = 592,
+        roll_prob: float = 0.5,
         mask_kind: str = "group",
         mask_ratio: float = 0.7,
         mask_min_ratio: float = 0.5,
@@ -151,10 +158,13 @@ class ASiT(nn.Module):
         pt = encoder.frame_hop
         if crop_frames < pt:
             raise ValueError(f"crop_frames ({crop_frames}) must be at least one patch ({pt})")
+        if crop_samples < 1:
+            raise ValueError(f"crop_samples must be >= 1, got {crop_samples}")
         if fill not in FILLS:
             raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
         for name, value in {"paste_prob": paste_prob, "teacher_temp_warmup": teacher_temp_warmup,
-                            "freeze_last_layer": freeze_last_layer}.items():  # fmt: skip
+                            "freeze_last_layer": freeze_last_layer,
+                            "roll_prob": roll_prob}.items():  # fmt: skip
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 < paste_ratio < 1.0:
@@ -166,6 +176,7 @@ class ASiT(nn.Module):
                 f"center_momentum must be in [0, 1) and ema_momentum in [0, 1], got "
                 f"{center_momentum} and {ema_momentum}"
             )
+        self.crop_samples, self.roll_prob = crop_samples, roll_prob
         self.crop_frames = crop_frames // pt * pt  # whole patches, as the paper's 592
         self.mask_kind, self.mask_ratio = mask_kind, mask_ratio
         self.mask_min_ratio, self.max_block = mask_min_ratio, max_block
@@ -180,9 +191,8 @@ class ASiT(nn.Module):
 
         kw = {"device": device, "dtype": dtype}
         d = encoder.embed_dim
-        head = LocalGlobalHead(
-            d, out_dim_global, out_dim_local, head_hidden_dim, head_bottleneck_dim, **kw
-        )
+        head = LocalGlobalHead(d, out_dim_global, out_dim_local, hidden_dim=head_hidden_dim,
+                               bottleneck_dim=head_bottleneck_dim, **kw)  # fmt: skip
         self.student = StudentBranch(encoder, head)
         self.rec_head = ReconstructionHead(
             d, encoder.patch_size, rec_hidden_dim, rec_bottleneck_dim, **kw
@@ -203,6 +213,13 @@ class ASiT(nn.Module):
         """The encoder the run exports: the EMA teacher's backbone (module docstring)."""
         return self.teacher.module.encoder
 
+    def train(self, mode: bool = True) -> ASiT:
+        """Set the mode of the student and heads; the teacher stays in eval mode (no stochastic
+        depth: the paper builds it without ``drop_path_rate``)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
     # ---- views ------------------------------------------------------------------------------
 
     def _spec_mask(self, rows: int, grid, ratio: float, min_ratio: float, generator, device):
@@ -219,35 +236,48 @@ class ASiT(nn.Module):
         bins = mask.mask[..., None].expand(-1, -1, enc.patch_dim)  # [rows, N, pt * pf]
         return enc.unpatchify(bins, grid)
 
-    def make_views(
-        self,
-        mel: Tensor,
-        generator: torch.Generator | None = None,
-        frame_lengths: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Two crops per clip, and a corrupted copy of each.
+    def waveform_views(self, wave: Tensor, lengths: Tensor | None = None, generator=None) -> Tensor:
+        """The two views of each clip, as samples: the front end turns each into features.
 
-        mel: [B, T, F]; frame_lengths: [B] valid frames (crops start inside each clip).
-        Returns (clean [2B, Tc, F], corrupted [2B, Tc, F], spec_mask [2B, Tc, F] bool),
-        crop-major: row ``v * B + b`` is crop ``v`` of clip ``b``.
+        wave: [B, S] (float, zero-padded); lengths: [B] valid samples (None: all S);
+        generator: the step's RNG (one row per clip), whose draws continue in :meth:`forward`.
+        Returns [2B, crop_samples], crop-major; a crop of a clip shorter than it ends in zeros,
+        which the front end featurises whole, as the paper's padded crops.
         """
-        batch = mel.shape[0]
-        views, _ = random_time_crops(
-            mel, self.crop_frames, 2, frame_lengths=frame_lengths, generator=generator
-        )  # [2, B, Tc, F]
-        rows = 2 * batch
-        clean = views.reshape(rows, self.crop_frames, mel.shape[2])
+        rolled, _ = random_roll(wave, self.roll_prob, lengths=lengths, generator=generator)
+        crops, _ = random_wave_crops(
+            rolled, self.crop_samples, 2, lengths=lengths, generator=generator
+        )  # [2, B, crop_samples]
+        return crops.reshape(-1, self.crop_samples)
+
+    def make_views(self, features: Tensor, generator=None) -> tuple[Tensor, Tensor, Tensor]:
+        """The clean crops and a corrupted copy of each.
+
+        features: [2B, T, F] of the :meth:`waveform_views` (crop-major), T >= ``crop_frames``.
+        Returns (clean [2B, Tc, F], corrupted [2B, Tc, F], spec_mask [2B, Tc, F] bool),
+        row ``v * B + b`` being crop ``v`` of clip ``b``.
+        """
+        rows, n_frames, n_bins = features.shape
+        if rows % 2 or n_frames < self.crop_frames:
+            raise ValueError(
+                f"ASiT expects the features of two crops per clip with at least crop_frames="
+                f"{self.crop_frames} frames each, got {tuple(features.shape)} (is crop_samples="
+                f"{self.crop_samples} long enough for the front end?)"
+            )
+        batch = rows // 2
+        clean = features[:, : self.crop_frames]  # whole patches, as the paper's cut to 592
+        views = clean.reshape(2, batch, self.crop_frames, n_bins)
         grid = self.student.encoder.grid(self.crop_frames)
         generator = view_rows(generator, 2)  # per-clip keyed draws: one source per crop row
         spec_mask = self._spec_mask(
-            rows, grid, self.mask_ratio, self.mask_min_ratio, generator, mel.device
+            rows, grid, self.mask_ratio, self.mask_min_ratio, generator, features.device
         )
         corrupted, _ = apply_group_mask(clean, spec_mask, self.fill, generator=generator)
         if self.paste_prob > 0:
             # the paper's collate_batch: with probability 1/2 a crop is re-corrupted from the
             # clean one by pasting another clip's bins (same crop index) over 30 % of it
             paste_mask = self._spec_mask(
-                rows, grid, self.paste_ratio, self.paste_ratio, generator, mel.device
+                rows, grid, self.paste_ratio, self.paste_ratio, generator, features.device
             )
             # the partner is any other clip of the step's global batch (gathered under torchrun)
             pools = gather_view_major(clean, 2).reshape(2, -1, *clean.shape[1:])
@@ -258,7 +288,7 @@ class ASiT(nn.Module):
                                  pool_offset=rank() * batch)[0]
                 for v in range(2)
             ])  # fmt: skip
-            use_paste = uniform_rows(generator, (rows,), mel.device) < self.paste_prob
+            use_paste = uniform_rows(generator, (rows,), features.device) < self.paste_prob
             corrupted = torch.where(use_paste[:, None, None], pasted, corrupted)
             spec_mask = torch.where(use_paste[:, None, None], paste_mask, spec_mask)
         return clean, corrupted, spec_mask
@@ -334,12 +364,14 @@ class ASiT(nn.Module):
     ) -> dict[str, Tensor]:
         """One training forward pass.
 
-        mel: [B, T, F] normalised log-mel of B clips; generator: the RNG of crops, masks and
-        fills (seeded per step by the loop); frame_lengths: [B] valid frames per clip, so crops
-        start inside the clip (a clip shorter than a crop is zero-padded, as the paper pads).
+        mel: [2B, T, F] normalised log-mel of the :meth:`waveform_views` of B clips;
+        generator: the RNG of masks and fills (the one the views were drawn from);
+        frame_lengths: must be None (each view is featurised whole).
         Returns {"loss", "global_loss", "local_loss", "recon_loss", and the monitors}.
         """
-        clean, corrupted, spec_mask = self.make_views(mel, generator, frame_lengths)
+        if frame_lengths is not None:
+            raise ValueError("ASiT's views are featurised whole: frame_lengths must be None")
+        clean, corrupted, spec_mask = self.make_views(mel, generator)
         teacher_out = self.forward_teacher(clean)
         student_out = self.forward_student(corrupted)
         return self.forward_loss(student_out, teacher_out, clean, spec_mask)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastspec.models import SpectrogramEncoder
-from fastspec.recipes.heads import DINOHead, prototype_layer
+from fastspec.recipes.heads import DINOHead, gelu_mlp
 
 
 class LocalGlobalHead(DINOHead):
@@ -21,25 +21,11 @@ class LocalGlobalHead(DINOHead):
     through ``out_dim_local`` others (ASiT's ``CLSHead``: ``cls_layer`` and ``data_layer``).
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim_global: int,
-        out_dim_local: int,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        n_layers: int = 3,
-        norm_last_layer: bool = True,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            in_dim, out_dim_global, hidden_dim, bottleneck_dim, n_layers, norm_last_layer,
-            device=device, dtype=dtype,
-        )  # fmt: skip
-        self.local_layer = prototype_layer(
-            bottleneck_dim, out_dim_local, norm_last_layer, device=device, dtype=dtype
-        )
+    def __init__(self, in_dim: int, out_dim_global: int, out_dim_local: int, **options):
+        """options: :class:`DINOHead`'s (``hidden_dim``, ``bottleneck_dim``, ``n_layers``,
+        ``norm_last_layer``, ``device``, ``dtype``), shared by both sets of prototypes."""
+        super().__init__(in_dim, out_dim_global, **options)
+        self.local_layer = self.make_prototypes(out_dim_local)
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """tokens: [R, 1 + N, D] (class token first) -> (global [R, K_g], local [R, N, K_l])."""
@@ -68,17 +54,11 @@ class ReconstructionHead(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        kw = {"device": device, "dtype": dtype}
         dims = [in_dim, hidden_dim, hidden_dim, bottleneck_dim]
-        layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b, **kw), nn.GELU()]
-        self.mlp = nn.Sequential(*layers)
-        self.to_bins = nn.Linear(bottleneck_dim, patch_size[0] * patch_size[1], **kw)
-        for m in self.mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        self.mlp = gelu_mlp(dims, act_last=True, device=device, dtype=dtype)
+        self.to_bins = nn.Linear(
+            bottleneck_dim, patch_size[0] * patch_size[1], device=device, dtype=dtype
+        )
 
     def forward(self, patch_tokens: Tensor) -> Tensor:
         """patch_tokens: [R, N, D] -> patches [R, N, pt * pf] (time-major within a patch)."""

@@ -24,8 +24,11 @@ class AsitConfig:
     ``masking.kind`` (``group``) and ``masking.ratio`` (0.7)."""
 
     crop_seconds: float = 6.0
-    """Length of each of the two crops per clip; cut down to whole patches (6 s: 598 -> 592
-    frames, the paper's ``num_frames``)."""
+    """Length of each of the two waveform crops per clip; their features are cut down to whole
+    patches (6 s: 598 -> 592 frames, the paper's ``num_frames``)."""
+    roll_prob: float = 0.5
+    """Probability that a clip's waveform is rolled by a random shift before it is cropped (the
+    paper's ``dataloader.py``: 1/2)."""
     mask_min_ratio: float = 0.5
     """Bottom of GMML's band: each crop's target coverage is uniform in [this, masking.ratio]."""
     max_block: float = 0.3
@@ -81,7 +84,8 @@ class AsitConfig:
         )
         check(0 < self.max_block <= 1, "asit.max_block", self.max_block, "must be in (0, 1]")
         check(self.fill in FILLS, "asit.fill", self.fill, "must be zeros or noise")
-        check_all(self, "asit", ("paste_prob", "teacher_temp_warmup", "freeze_last_layer"),
+        check_all(self, "asit", ("paste_prob", "teacher_temp_warmup", "freeze_last_layer",
+                                 "roll_prob"),
                   lambda v: 0 <= v <= 1, "must be in [0, 1]")  # fmt: skip
         check(0 < self.paste_ratio < 1, "asit.paste_ratio", self.paste_ratio, "must be in (0, 1)")
         check_all(self, "asit", ("out_dim_global", "out_dim_local", "head_hidden_dim",
@@ -103,31 +107,35 @@ class AsitConfig:
 
 def asit_options(cfg) -> dict:
     """ASiT's constructor arguments from the run config: the ``asit`` section maps one to one
-    onto them, but for the crop, given in seconds there and in frames of the run's front end
-    here; the mask kind and ratio come from ``masking``."""
+    onto them, but for the crop, given in seconds there and in samples (and the frames the run's
+    front end makes of them) here; the mask kind and ratio come from ``masking``."""
     features = get_preset(
         cfg.frontend.preset, sample_rate=cfg.data.sample_rate, n_mels=cfg.frontend.n_mels
     )
     options = dataclasses.asdict(cfg.asit)
-    seconds = options.pop("crop_seconds")
+    crop_samples = round(options.pop("crop_seconds") * cfg.data.sample_rate)
     return {
         **options,
-        "crop_frames": int(num_frames(round(seconds * cfg.data.sample_rate), features)),
+        "crop_samples": crop_samples,
+        "crop_frames": int(num_frames(crop_samples, features)),
         "mask_kind": cfg.masking.kind,
         "mask_ratio": cfg.masking.ratio,
     }
 
 
-# ASiT's training (main_ASiT.py and README): Kaldi 128-mel features at 32 kHz, two 6 s crops, group
-# masking 0.7, ViT-B; 4 GPUs x 32 clips, lr 5e-4 per 256, 10 warm-up epochs of 100 on
-# AudioSet-2M (about 2M clips: 15,625 steps per epoch at 128 clips), cosine lr to 1e-6, weight
-# decay cosine 0.04 -> 0.4, gradient clipping 3, AdamW (0.9, 0.999). Here the 4-GPU batch is one
-# GPU's batch times 4 accumulation steps (or 4 ranks under torchrun with optim.accum_steps=1).
+# ASiT's training (Sara-Ahmed/ASiT main_ASiT.py defaults, README command): Kaldi 128-mel
+# features at 32 kHz, two 6 s waveform crops, group masking 0.7; ViT-B with learned positions,
+# qkv bias and drop path 0.1 in the student (vision_transformer.py vit_base; the teacher has
+# none); 4 GPUs x 32 clips = 128 per step, lr 5e-4 per 256, 10 warm-up epochs of 100, cosine lr
+# to 1e-6, weight decay cosine 0.04 -> 0.4, each parameter's gradient clipped at 3
+# (utils.clip_gradients), AdamW (0.9, 0.999). The global batch holds at any world size: the
+# accumulation is derived from it (train.global_batch).
 _DINO_OPTIM = {
     "optim.weight_decay": 0.04,
     "optim.weight_decay_end": 0.4,
     "optim.betas": (0.9, 0.999),
     "optim.grad_clip": 3.0,
+    "optim.clip_mode": "per_param",
 }
 ASIT_PAPER = {
     # data_transformations.py: SAMPLE_RATE = 32000, Kaldi fbank, 128 mel
@@ -135,14 +143,18 @@ ASIT_PAPER = {
     "frontend.preset": "kaldi32k",
     "masking.kind": "group",
     "masking.ratio": 0.7,
-    "data.clip_seconds": 10.0,
+    "data.clip_seconds": 10.0,  # AudioSet's clips, which the paper rolls and crops whole
     "model.name": "vit_base_patch16",
+    "model.pos_embed": "learned",
+    "model.max_frames": 592,  # the reference's table: audio_size = [num_frames, 128]
+    "model.qkv_bias": True,
+    "model.drop_path": 0.1,
     **_DINO_OPTIM,
     "optim.blr": 5e-4,
     "optim.min_lr": 1e-6,
-    "optim.warmup_steps": 156_250,
-    "optim.accum_steps": 4,
-    "train.steps": 1_562_500,
+    "optim.warmup_epochs": 10.0,
+    "train.epochs": 100.0,
+    "train.global_batch": 128,
     "train.batch_size": 32,
 }
 # about a minute on a 2-core CPU: the 4-block ViT on two 1 s crops of the 2 s demo clips,
@@ -163,6 +175,9 @@ ASIT_DEMO = {
     "asit.teacher_temp": 0.04,
     "asit.teacher_temp_warmup": 0.0,
     **_DINO_OPTIM,
+    # the demo's high lr is held by the global norm: clipped per parameter at 3, the teacher
+    # flattens over 150 steps (its entropy 6.3 of ln 1024 = 6.9; the total loss stays at 11.3)
+    "optim.clip_mode": "norm",
     "optim.blr": 8e-3,
     "train.steps": 150,
 }

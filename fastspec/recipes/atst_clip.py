@@ -22,7 +22,7 @@ from torch import Tensor
 
 from fastspec.masking.clip_rng import view_rows
 from fastspec.models import SpectrogramEncoder
-from fastspec.recipes.augment import MixupMemory, random_resize_crop
+from fastspec.recipes.augment import random_resize_crop
 from fastspec.recipes.byol import (
     ATST_DEMO,
     ATST_PAPER,
@@ -31,7 +31,6 @@ from fastspec.recipes.byol import (
     atst_common_options,
     byol_loss,
     crop_lengths,
-    whole_patch_frames,
 )
 from fastspec.recipes.monitors import embedding_spread
 from fastspec.recipes.spec import RecipeSpec
@@ -48,16 +47,18 @@ def atst_clip_options(cfg) -> dict:
             "pooling": a.clip_pooling}  # fmt: skip
 
 
-# the paper's base model: 6 GPUs x 256 clips, lr 2e-4 per 256, 15,860 warm-up of 318,000 steps,
-# momentum 0.9995; here the 6-GPU batch is one GPU's batch times 6 accumulation steps
+# the paper's base model (methods/atst/train_base.sh): 6 GPUs x 256 clips = 1536 per step,
+# learning_rate 2e-4 per 256, 15,860 warm-up steps of 318,000, ema 0.9995; two 6 s crops
+# (transform.py ATSTTrainTransform: anchor_len = positive_len = 6 s, virtual_crop 1.5)
 ATST_CLIP_PAPER = {
     **ATST_PAPER,
+    "atst.crop_seconds": 6.0,
     "atst.ema_momentum": 0.9995,
     "optim.blr": 2e-4,
     "optim.warmup_steps": 15_860,
-    "optim.accum_steps": 6,
     "train.steps": 318_000,
     "train.batch_size": 256,
+    "train.global_batch": 1536,
 }
 ATST_CLIP_DEMO = {**ATST_DEMO, "atst.crop_seconds": 1.5}
 
@@ -72,16 +73,13 @@ class ATSTClip(BYOLPair):
             ``frame_tokens=4`` for the paper's 40 ms tokens).
         crop_frames: frames per crop (paper: 6 s = 601 frames at a 10 ms hop); cut down to whole
             patches (600).
-        proj_hidden, proj_dim: projector / predictor widths (4096, 256).
-        ema_base, ema_final: teacher momentum, cosine from base to final over the run (the
-            paper's base model: 0.9995; its code default: 0.99).
-        mixup_ratio, memory_size: largest background weight of log-mixup-exp (0.4) and the
-            number of past crops remembered (2000).
-        freq_scale, time_scale, time_canvas: the random resize crop (0.6-1.5 on both axes, a
-            canvas 1.5x as long as the crop; frequency canvas 1x).
-        token_frames: frames per full-frequency output token asked of the encoder (4 = 40 ms).
+        time_scale, time_canvas: the random resize crop in time (0.6-1.5 of the crop, cut from a
+            canvas 1.5x as long as the crop); its frequency range is ``freq_scale``.
         pooling: the clip embedding BYOL compares: ``cls`` (the class token, ATST) or ``mean``
             (the mean of the valid output tokens).
+        common: the options of :class:`~fastspec.recipes.byol.BYOLPair` (heads 4096 / 256, the
+            teacher's momentum, from 0.9995 for the paper's base model, the mixup memory,
+            ``freq_scale``, ``token_frames``, ``device``, ``dtype``).
     """
 
     def __init__(
@@ -89,45 +87,17 @@ class ATSTClip(BYOLPair):
         encoder: SpectrogramEncoder,
         *,
         crop_frames: int = 601,
-        proj_hidden: int = 4096,
-        proj_dim: int = 256,
-        ema_base: float = 0.99,
-        ema_final: float = 1.0,
-        mixup_ratio: float = 0.4,
-        memory_size: int = 2000,
-        freq_scale: tuple[float, float] = (0.6, 1.5),
         time_scale: tuple[float, float] = (0.6, 1.5),
         time_canvas: float = 1.5,
-        token_frames: int = 4,
         pooling: str = "cls",
-        device=None,
-        dtype=None,
+        **common,
     ):
-        super().__init__(
-            encoder,
-            proj_hidden=proj_hidden,
-            proj_dim=proj_dim,
-            ema_base=ema_base,
-            ema_final=ema_final,
-            device=device,
-            dtype=dtype,
-        )
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be cls or mean, got {pooling!r}")
-        self.pooling, self.token_frames = pooling, int(token_frames)
-        self.crop_frames = whole_patch_frames(crop_frames, encoder.frame_hop)
-        self.freq_scale = tuple(float(s) for s in freq_scale)
+        super().__init__(encoder, crop_frames=crop_frames, **common)
+        self.pooling = pooling
         self.time_scale = tuple(float(s) for s in time_scale)
         self.time_canvas = float(time_canvas)
-        self.memory = MixupMemory(
-            memory_size, self.crop_frames, encoder.n_mels, mixup_ratio, device=device
-        )
-
-    @staticmethod
-    def encoder_options(token_frames: int = 4, **options) -> dict:
-        """Contract options asked of the encoder: full-frequency tokens of ``token_frames``."""
-        del options
-        return {"frame_tokens": int(token_frames)}
 
     # ---- views --------------------------------------------------------------------------------
 
@@ -205,21 +175,6 @@ class ATSTClip(BYOLPair):
         valid = torch.arange(frames.shape[1], device=tokens.device) < token_lengths[:, None]
         weight = valid.to(frames.dtype)[..., None]  # [R, T, 1]
         return (frames * weight).sum(dim=1) / weight.sum(dim=1)
-
-    def forward(
-        self,
-        mel: Tensor,
-        generator: torch.Generator | None = None,
-        frame_lengths: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """One training forward pass.
-
-        mel: [B, T, F] normalised log-mel (``atst`` preset); generator: the RNG of crops and
-        augmentations, on mel's device; frame_lengths: [B] valid frames per clip.
-        Returns {"loss", "spread_student", "spread_teacher"}.
-        """
-        views, lengths = self.make_views(mel, generator, frame_lengths)
-        return self.forward_views(views, lengths)
 
     def train_flops_per_clip(self, n_frames: int) -> float:
         """Training FLOPs of one clip (dense matmuls, ``fastspec.models.flops`` convention).

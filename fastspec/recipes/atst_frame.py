@@ -19,7 +19,8 @@ tensor; candidates that fall in a crop's padding, or that overlapping time spans
 are kept out of the batch-norm statistics and the loss by weights, not by boolean indexing.
 
 Any encoder of the contract: the recipe asks for full-frequency output tokens of
-``token_frames`` frames (:meth:`ATSTFrame.encoder_options`), so the time spans are masked on the
+``token_frames`` frames and no class token, as ATST-Frame's ``FrameAST`` has none
+(:meth:`ATSTFrame.encoder_options`), so the time spans are masked on the
 encoder's output time axis and every output token is one frame with its time span
 (``frame_spans``). A ViT then has ATST's 64 x 4 patches; MAST pools only frequency (and time
 only as far as ``token_frames`` allows), a masked frame's patch embeddings all get the mask
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from fastspec.masking import sample_mask
 from fastspec.models import SpectrogramEncoder
-from fastspec.recipes.augment import MixupMemory, random_resize_crop
+from fastspec.recipes.augment import random_resize_crop
 from fastspec.recipes.byol import (
     ATST_DEMO,
     ATST_PAPER,
@@ -42,7 +43,6 @@ from fastspec.recipes.byol import (
     atst_common_options,
     byol_loss,
     crop_lengths,
-    whole_patch_frames,
 )
 from fastspec.recipes.monitors import embedding_spread
 from fastspec.recipes.spec import RecipeSpec
@@ -65,18 +65,23 @@ def atst_frame_options(cfg) -> dict:
     }
 
 
-# the paper's base model: 6 GPUs x 144 clips, lr 8e-5 per 256, 19,900 warm-up of 398,000 steps,
-# momentum 0.9996, 65 % time-span masking; here the 6-GPU batch is 6 accumulation steps
+# the paper's base model (methods/atstframe/README.md, "Train a base model"): 6 GPUs x 144 clips
+# = 864 per step, learning_rate 8e-5 per 256, 19,900 warm-up steps of 398,000, ema 0.9996, block
+# (time-span) masking 0.65 in spans of 5, symmetric loss, one 10 s crop (anchor_len 10), the
+# student's copy augmented (aug_stu True, aug_tea False)
 _TIME_SPAN = {"masking.kind": "time_span", "masking.ratio": 0.65}
 ATST_FRAME_PAPER = {
     **ATST_PAPER,
     **_TIME_SPAN,
+    "atst.crop_seconds": 10.0,
+    "atst.span_length": 5,
+    "atst.symmetric": True,
     "atst.ema_momentum": 0.9996,
     "optim.blr": 8e-5,
     "optim.warmup_steps": 19_900,
-    "optim.accum_steps": 6,
     "train.steps": 398_000,
     "train.batch_size": 144,
+    "train.global_batch": 864,
 }
 ATST_FRAME_DEMO = {**ATST_DEMO, **_TIME_SPAN, "atst.crop_seconds": 2.0}
 
@@ -99,19 +104,18 @@ class ATSTFrame(BYOLPair):
     """Encoder + mask embedding + BYOL heads + EMA teacher + augmentations of ATST-Frame.
 
     Args:
-        encoder: any encoder, normally built with :meth:`encoder_options` (``n_mels=64`` and
-            ``frame_tokens=4``: one full-frequency output token per 40 ms).
+        encoder: any encoder, normally built with :meth:`encoder_options` (``n_mels=64``,
+            ``frame_tokens=4``: one full-frequency output token per 40 ms, no class token).
         crop_frames: frames of the one crop per clip (paper: 10 s = 1001 frames), cut down to
             whole patches (1000 = 250 tokens).
         mask_kind, mask_ratio, mask_options: the mask sampler (``time_span``, 0.65, spans of 5
             tokens and at least 2 spans). Any kind that hides a fixed number of tokens per row
             works; ``group`` does not.
         symmetric: both copies through both networks, the two directions averaged (paper).
-        proj_hidden, proj_dim, ema_base, ema_final: as :class:`~fastspec.recipes.byol.BYOLPair`
-            (paper base: 4096, 256, 0.9996 -> 1).
-        mixup_ratio, memory_size, freq_scale: the student copy's log-mixup-exp (0.4, 2000) and
-            mel-axis random resize crop (0.6-1.5).
-        token_frames: frames per full-frequency output token asked of the encoder (4 = 40 ms).
+        common: the options of :class:`~fastspec.recipes.byol.BYOLPair` (heads 4096 / 256, the
+            teacher's momentum, from 0.9996 for the paper's base model, the student copy's
+            log-mixup-exp memory and mel-axis ``freq_scale``, ``token_frames``, ``device``,
+            ``dtype``).
     """
 
     def __init__(
@@ -123,33 +127,14 @@ class ATSTFrame(BYOLPair):
         mask_ratio: float = 0.65,
         mask_options: dict | None = None,
         symmetric: bool = True,
-        proj_hidden: int = 4096,
-        proj_dim: int = 256,
-        ema_base: float = 0.99,
-        ema_final: float = 1.0,
-        mixup_ratio: float = 0.4,
-        memory_size: int = 2000,
-        freq_scale: tuple[float, float] = (0.6, 1.5),
-        token_frames: int = 4,
-        device=None,
-        dtype=None,
+        **common,
     ):
         if mask_kind == "group":
             raise ValueError(
                 "atst-frame needs a mask kind that hides the same number of tokens in every "
                 "row; 'group' does not (use time_span, random, time_freq or inverse_block)"
             )
-        super().__init__(
-            encoder,
-            proj_hidden=proj_hidden,
-            proj_dim=proj_dim,
-            ema_base=ema_base,
-            ema_final=ema_final,
-            device=device,
-            dtype=dtype,
-        )
-        self.token_frames = int(token_frames)
-        self.crop_frames = whole_patch_frames(crop_frames, encoder.frame_hop)
+        super().__init__(encoder, crop_frames=crop_frames, **common)
         self.mask_kind = mask_kind
         self.mask_ratio = float(mask_ratio)
         if mask_options is None:
@@ -160,14 +145,11 @@ class ATSTFrame(BYOLPair):
             )
         self.mask_options = dict(mask_options)
         self.symmetric = bool(symmetric)
-        self.freq_scale = tuple(float(s) for s in freq_scale)
         # ATST-Frame's mask_embed: [D_0] (the patch embedding's width), truncated normal std
         # 0.02; the student's alone
-        self.mask_embed = nn.Parameter(torch.empty(encoder.embed_width, device=device, dtype=dtype))
+        factory = {"device": common.get("device"), "dtype": common.get("dtype")}
+        self.mask_embed = nn.Parameter(torch.empty(encoder.embed_width, **factory))
         nn.init.trunc_normal_(self.mask_embed, std=0.02)
-        self.memory = MixupMemory(
-            memory_size, self.crop_frames, encoder.n_mels, mixup_ratio, device=device
-        )
         # draw one mask now: a bad kind, ratio or option fails at construction, not at step 1
         grid = encoder.grid(self.crop_frames)
         probe = self._sample_mask(1, torch.Generator().manual_seed(0), "cpu")
@@ -175,9 +157,9 @@ class ATSTFrame(BYOLPair):
 
     @staticmethod
     def encoder_options(token_frames: int = 4, **options) -> dict:
-        """Contract options asked of the encoder: full-frequency tokens of ``token_frames``."""
-        del options
-        return {"frame_tokens": int(token_frames)}
+        """Contract options asked of the encoder: full-frequency tokens of ``token_frames``, and
+        no class token (ATST-Frame's ``FrameAST`` has none: its frames attend only to frames)."""
+        return {**BYOLPair.encoder_options(token_frames), "class_token": False}
 
     def _sample_mask(self, batch: int, generator, device):
         return sample_mask(
@@ -228,7 +210,8 @@ class ATSTFrame(BYOLPair):
     # ---- loss ---------------------------------------------------------------------------------
 
     def _frames_at(self, tokens: Tensor, ids: Tensor) -> Tensor:
-        """tokens [R, 1 + N, D] (class token first) -> the frames at ``ids`` [R, M]: [R, M, D]."""
+        """tokens [R, 1 + N, D] (the empty class-token slot first) -> the frames at ``ids``
+        [R, M]: [R, M, D]."""
         patch_tokens = tokens[:, 1:]
         return torch.gather(patch_tokens, 1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
 
@@ -285,20 +268,6 @@ class ATSTFrame(BYOLPair):
             "spread_student": embedding_spread(p.detach().flatten(0, 1)),
             "spread_teacher": embedding_spread(z.flatten(0, 1)),
         }
-
-    def forward(
-        self,
-        mel: Tensor,
-        generator: torch.Generator | None = None,
-        frame_lengths: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """One training forward pass.
-
-        mel: [B, T, F] normalised log-mel (``atst`` preset); generator: the RNG of crops,
-        augmentations and masks, on mel's device; frame_lengths: [B] valid frames per clip.
-        Returns {"loss", "spread_student", "spread_teacher"}.
-        """
-        return self.forward_views(*self.make_views(mel, generator, frame_lengths))
 
     def train_flops_per_clip(self, n_frames: int) -> float:
         """Training FLOPs of one clip (dense matmuls, ``fastspec.models.flops`` convention).

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from fastspec.config_base import check, check_all
 from fastspec.frontend import get_preset, num_frames
+from fastspec.recipes.augment import MixupMemory
 from fastspec.recipes.heads import MLPHead
 from fastspec.recipes.monitors import collapse_warnings
 from fastspec.recipes.teacher import EMATeacher, ema_momentum
@@ -117,27 +118,45 @@ def atst_common_options(cfg, default_crop_seconds: float) -> dict:
     }
 
 
-# ATST's input for both recipes (``atst`` features, 64 mel; 40 ms full-frequency tokens are asked
-# of the encoder by the recipe, ``atst.token_frames``) and the
-# training both share (audiossl's train_base.sh / README): AdamW (0.9, 0.999), weight decay
-# cosine 0.04 -> 0.4, cosine lr to 1e-6, 10 s AudioSet clips, ViT-B.
+# ATST's input and training, shared by both recipes (Audio-WestlakeU/audiossl): 64 mel, 16 kHz,
+# 40 ms full-frequency tokens asked of the encoder (``atst.token_frames``); the reference ViT
+# (models/atst/audio_transformer.py and methods/atstframe/audio_transformer.py: AST_base /
+# FrameAST_base) has qkv_bias=False, drop_path_rate=0.1 (linear over the blocks) and a learned
+# position table (pos_type "cut", trunc-normal 0.02) of 1 + 1001 // 4 entries, 1-D over time as
+# the tokens span every mel bin; model.py of both: transformers' AdamW, the lr per step on a
+# cosine to 1e-6 after a linear warm-up from 0, weight decay on a cosine 0.04 -> 0.4 (not on
+# biases and norms), no gradient clipping, the EMA on a cosine from its base to 1; train.py of
+# both: lr = learning_rate x nproc x batch_size_per_gpu / 256 (our blr). Counted in steps, as
+# the reference counts them (max_steps, warmup_steps). The table here has 1004 // 4 = 251 rows
+# (its 250 patch rows and one more), so a whole 10 s clip (1001 frames, padded) fits.
 ATST_PAPER = {
     "frontend.preset": "atst",
     "frontend.n_mels": 64,
     "data.clip_seconds": 10.0,
     "model.name": "vit_base_patch16",
+    "model.pos_embed": "learned",
+    "model.max_frames": 1004,
+    "model.qkv_bias": False,
+    "model.drop_path": 0.1,
     "optim.min_lr": 1e-6,
     "optim.weight_decay": 0.04,
     "optim.weight_decay_end": 0.4,
     "optim.betas": (0.9, 0.999),
+    "optim.grad_clip": 0.0,
 }
-# about a minute on a 2-core CPU: a 4-block ViT on 2 s clips, narrow heads
+# about a minute on a 2-core CPU: a 4-block ViT on 2 s clips, narrow heads, and a teacher that
+# follows the student within a short run: the paper's momenta average over ~2000 steps (0.1-0.6 %
+# of its runs); at the code default 0.99 a 60-step run moves the exported teacher about a quarter
+# of the way from its random init (its probe matched random init's to the clip), while 0.9
+# averages over ~10 steps. The base lr is raised to match (blr 0.02: 1.25e-3 at 16 clips).
 ATST_DEMO = {
     "frontend.preset": "atst",
     "frontend.n_mels": 64,
     "atst.proj_hidden": 256,
     "atst.proj_dim": 128,
     "atst.memory_size": 256,
+    "atst.ema_momentum": 0.9,
+    "optim.blr": 0.02,
     "optim.weight_decay": 0.04,
     "optim.weight_decay_end": 0.4,
     "optim.betas": (0.9, 0.999),
@@ -173,8 +192,10 @@ def mlp_head_flops(head: MLPHead) -> float:
 class BYOLPair(nn.Module):
     """Student encoder + projector + predictor, and the EMA teacher of encoder + projector.
 
-    Subclasses (the recipes) run the networks and compute their losses; this class owns the
-    parameters, the teacher update hook and the collapse warnings.
+    Subclasses (the recipes) cut and augment their views (``make_views``) and compute their
+    losses (``forward_views``); this class owns what both ATST recipes share: the parameters,
+    the crop length, the log-mixup-exp memory, the teacher update hook, the collapse warnings
+    and the token layout asked of the encoder.
 
     The exported encoder is the teacher's: :attr:`encoder` (what the training loop exports) is
     the EMA teacher's backbone, as ATST evaluates it (audiossl's downstream code loads
@@ -183,18 +204,29 @@ class BYOLPair(nn.Module):
 
     Args:
         encoder: the student encoder; the teacher starts as a copy of it.
+        crop_frames: frames of each crop, cut down to whole output tokens (ATST drops the
+            frames that do not fill a last patch: 600 of 601 for 6 s, 1000 of 1001 for 10 s).
         proj_hidden, proj_dim: projector and predictor widths (ATST: 4096 and 256).
         ema_base, ema_final: teacher momentum at the first and at the last step.
+        mixup_ratio, memory_size: largest background weight of log-mixup-exp (0.4) and the
+            number of past crops remembered (2000).
+        freq_scale: random resize crop, range of the crop height over the mel bins (0.6-1.5).
+        token_frames: frames per full-frequency output token asked of the encoder (4 = 40 ms).
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         *,
+        crop_frames: int,
         proj_hidden: int = 4096,
         proj_dim: int = 256,
         ema_base: float = 0.99,
         ema_final: float = 1.0,
+        mixup_ratio: float = 0.4,
+        memory_size: int = 2000,
+        freq_scale: tuple[float, float] = (0.6, 1.5),
+        token_frames: int = 4,
         device=None,
         dtype=None,
     ):
@@ -211,6 +243,30 @@ class BYOLPair(nn.Module):
         self.ema_base, self.ema_final = float(ema_base), float(ema_final)
         # the teacher starts as an exact copy of encoder + projector (ATST's load_state_dict)
         self.teacher = EMATeacher(self._student_branch())
+        self.token_frames = int(token_frames)
+        self.crop_frames = whole_patch_frames(crop_frames, encoder.frame_hop)
+        self.freq_scale = tuple(float(s) for s in freq_scale)
+        self.memory = MixupMemory(
+            memory_size, self.crop_frames, encoder.n_mels, mixup_ratio, device=device
+        )
+
+    @staticmethod
+    def encoder_options(token_frames: int = 4, **options) -> dict:
+        """Contract options asked of the encoder: full-frequency tokens of ``token_frames``."""
+        del options
+        return {"frame_tokens": int(token_frames)}
+
+    def forward(
+        self,
+        mel: Tensor,
+        generator: torch.Generator | None = None,
+        frame_lengths: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """One training forward pass: the recipe's views of ``mel`` [B, T, F] (normalised
+        log-mel, ``atst`` preset; ``generator`` the RNG of crops, augmentations and masks, on
+        mel's device; ``frame_lengths`` [B] valid frames per clip), then their loss.
+        Returns {"loss", "spread_student", "spread_teacher"}."""
+        return self.forward_views(*self.make_views(mel, generator, frame_lengths))
 
     def _student_branch(self) -> nn.ModuleDict:
         # what the teacher follows, in the order of the teacher's own copy; a fresh container

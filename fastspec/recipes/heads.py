@@ -2,7 +2,8 @@
 
 - :class:`DINOHead` (ASiT's global and local distillation): an MLP to a bottleneck, L2
   normalisation, and a weight-normalised linear layer to a large number of prototypes whose
-  softmax the student matches to the teacher's.
+  softmax the student matches to the teacher's; :func:`gelu_mlp` is the MLP of DINO's and ASiT's
+  heads.
 - :class:`MLPHead` (ATST's BYOL projector and predictor): Linear -> BatchNorm -> ReLU -> Linear.
 """
 
@@ -15,16 +16,44 @@ from torch import Tensor, nn
 from fastspec.recipes.collective import all_reduce_sum, world
 
 
-class DINOHead(nn.Module):
-    """MLP ``in_dim -> hidden -> hidden -> bottleneck``, L2-normalise, linear to ``out_dim``.
+def gelu_mlp(dims: list[int], *, act_last: bool, device=None, dtype=None) -> nn.Sequential:
+    """Linear layers through ``dims`` with GELU between them, and after the last one too when
+    ``act_last`` (ASiT's reconstruction head); weights truncated normal (std 0.02), biases 0,
+    as DINO's and ASiT's heads initialise them."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        linear = nn.Linear(a, b, device=device, dtype=dtype)
+        nn.init.trunc_normal_(linear.weight, std=0.02)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if act_last or i < len(dims) - 2:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
 
-    The last layer is weight-normalised with its norm fixed to 1 (``norm_last_layer``), which
-    keeps the prototype logits bounded and stabilises the start of training (DINO, section 3).
+
+def prototype_layer(
+    bottleneck_dim: int, out_dim: int, norm_last_layer: bool = True, device=None, dtype=None
+) -> nn.Module:
+    """A weight-normalised ``Linear(bottleneck_dim, out_dim, bias=False)``: the prototypes of a
+    DINO head. The magnitude starts at 1 and, with ``norm_last_layer``, is frozen there, which
+    keeps the logits bounded and steadies the start of training (DINO, section 3)."""
+    layer = nn.utils.parametrizations.weight_norm(
+        nn.Linear(bottleneck_dim, out_dim, bias=False, device=device, dtype=dtype)
+    )
+    layer.parametrizations.weight.original0.data.fill_(1.0)
+    if norm_last_layer:
+        layer.parametrizations.weight.original0.requires_grad_(False)
+    return layer
+
+
+class DINOHead(nn.Module):
+    """MLP ``in_dim -> hidden -> hidden -> bottleneck``, L2-normalise, prototypes ``out_dim``.
 
     Args:
         in_dim: width of the encoder tokens.
         out_dim: number of prototypes (the softmax size).
         hidden_dim, bottleneck_dim, n_layers: the MLP (DINO: 2048, 256, 3).
+        norm_last_layer: freeze the prototypes' magnitude at 1 (:func:`prototype_layer`).
     """
 
     def __init__(
@@ -39,46 +68,22 @@ class DINOHead(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        kw = {"device": device, "dtype": dtype}
         dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [bottleneck_dim]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Linear(a, b, **kw))
-            if i < len(dims) - 2:
-                layers.append(nn.GELU())
-        self.mlp = nn.Sequential(*layers)
-        self.last_layer = nn.utils.parametrizations.weight_norm(
-            nn.Linear(bottleneck_dim, out_dim, bias=False, **kw)
-        )
-        # weight_norm's magnitude g starts at 1 and, with norm_last_layer, stays there
-        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
-        if norm_last_layer:
-            self.last_layer.parametrizations.weight.original0.requires_grad_(False)
-        for m in self.mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        self.mlp = gelu_mlp(dims, act_last=False, device=device, dtype=dtype)
+        # what further prototype sets of a subclass (ASiT's patch tokens) are built with
+        self.prototype_options = {"bottleneck_dim": bottleneck_dim,
+                                  "norm_last_layer": norm_last_layer,
+                                  "device": device, "dtype": dtype}  # fmt: skip
+        self.last_layer = self.make_prototypes(out_dim)
+
+    def make_prototypes(self, out_dim: int) -> nn.Module:
+        """A set of ``out_dim`` prototypes on this head's bottleneck (:func:`prototype_layer`)."""
+        return prototype_layer(out_dim=out_dim, **self.prototype_options)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [..., in_dim] -> logits [..., out_dim]."""
         x = F.normalize(self.mlp(x), dim=-1)
         return self.last_layer(x)
-
-
-def prototype_layer(
-    bottleneck_dim: int, out_dim: int, norm_last_layer: bool = True, device=None, dtype=None
-) -> nn.Module:
-    """A weight-normalised ``Linear(bottleneck_dim, out_dim, bias=False)``: DINOHead's last
-    layer on its own, for heads with more than one set of prototypes (ASiT's class-token and
-    patch-token outputs share one MLP). Magnitude starts at 1 and, with ``norm_last_layer``,
-    is frozen there."""
-    layer = nn.utils.parametrizations.weight_norm(
-        nn.Linear(bottleneck_dim, out_dim, bias=False, device=device, dtype=dtype)
-    )
-    layer.parametrizations.weight.original0.data.fill_(1.0)
-    if norm_last_layer:
-        layer.parametrizations.weight.original0.requires_grad_(False)
-    return layer
 
 
 class MLPHead(nn.Module):
@@ -143,3 +148,6 @@ def _masked_batch_norm(h: Tensor, bn: nn.BatchNorm1d, valid: Tensor) -> Tensor:
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
             bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
     return out.to(h.dtype)
+
+
+__all__ = ["DINOHead", "MLPHead", "gelu_mlp", "prototype_layer"]

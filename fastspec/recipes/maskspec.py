@@ -40,13 +40,34 @@ def maskspec_options(cfg) -> dict:
     }
 
 
-# MaskSpec's input (WangHelin1997/MaskSpec): 32 kHz, the `maskspec` front end (per-bin
+# MaskSpec's pretraining (WangHelin1997/MaskSpec scripts/pretrain_vit.sh with the defaults of
+# trainer/main_pretrain.py; models/models_mae.py): 32 kHz, the `maskspec` front end (per-bin
 # statistics from frontend.stats, written by `fastspec stats DATA --preset maskspec`), 992 frames
-# = 62 patches of 16 frames: 9.91 s, as centred framing gives 1 + samples // 320 frames
+# = 62 patches of 16 (the reference crops 10 s to its first 992 frames; 9.92 s gives exactly
+# 992: centred framing of the pre-emphasised clip, 1 + (samples - 1) // 320), ViT-B with fixed
+# sin-cos positions and qkv bias, decoder 512 x 8 x 16 heads, random masking 0.75 with
+# norm_pix_loss; 8 GPUs x 64 = 512 clips per step, AdamW (0.9, 0.95), weight decay 0.05, blr 1e-3
+# (lr = blr x 512 / 256), 40 warm-up epochs of 400, cosine to 0, no gradient clipping.
 MASKSPEC_PAPER = {
     "data.sample_rate": 32000,
-    "data.clip_seconds": 9.91,
+    "data.clip_seconds": 9.92,
     "frontend.preset": "maskspec",
+    "model.name": "vit_base_patch16",
+    "model.pos_embed": "sincos",
+    "model.qkv_bias": True,
+    "model.drop_path": 0.0,
+    "masking.kind": "random",
+    "masking.ratio": 0.75,
+    "masking.norm_pix_loss": True,
+    "optim.blr": 1e-3,
+    "optim.min_lr": 0.0,
+    "optim.weight_decay": 0.05,
+    "optim.betas": (0.9, 0.95),
+    "optim.grad_clip": 0.0,
+    "optim.warmup_epochs": 40.0,
+    "train.epochs": 400.0,
+    "train.batch_size": 64,
+    "train.global_batch": 512,
 }
 # about a minute on a 2-core CPU: a 2-block, 128-wide decoder behind the demo's 4-block ViT
 MASKSPEC_DEMO = {"model.decoder_dim": 128, "model.decoder_depth": 2, "model.decoder_heads": 4}

@@ -6,7 +6,6 @@ ranks agree on everything without talking: same config, same seed, same files).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from fastspec.models import create_model
 from fastspec.recipes import build_recipe, encoder_options, recipe_spec
 from fastspec.train.checkpoint import latest_checkpoint, load_checkpoint, restore_state
 from fastspec.train.compile import compile_recipe
-from fastspec.train.config import Config, ConfigError
+from fastspec.train.config import Config, ConfigError, resolve_counts
 from fastspec.train.distributed import (
     DistState,
     barrier,
@@ -109,7 +108,16 @@ def make_recipe(cfg: Config, device: torch.device) -> nn.Module:
     # the recipe's token layout (ATST: full-frequency 40 ms tokens), asked through the contract
     asked = encoder_options(cfg.recipe, **options)
     try:
-        encoder = create_model(cfg.model.name, n_mels=cfg.frontend.n_mels, **patch, **asked)
+        encoder = create_model(
+            cfg.model.name,
+            n_mels=cfg.frontend.n_mels,
+            pos_embed=cfg.model.pos_embed,
+            max_frames=cfg.model.max_frames,
+            qkv_bias=cfg.model.qkv_bias,
+            drop_path_rate=cfg.model.drop_path,
+            **patch,
+            **asked,
+        )
     except (TypeError, ValueError) as e:  # an override this encoder does not take, a bad value
         raise ConfigError(f"model {cfg.model.name!r}: {e}") from None
     return build_recipe(cfg.recipe, encoder, **options).to(device)
@@ -124,8 +132,7 @@ def build_run(cfg: Config, resume: bool) -> Run:
     # decided once (fastspec.backends): bf16 trains in float32 on a CPU without native bf16
     amp = choose_precision(cfg.train.amp, device.type)
     source, dataset, loader_kind = open_data(cfg)
-    if cfg.train.epochs is not None:  # passes over the data by the global batch
-        cfg.train.steps = max(1, math.ceil(cfg.train.epochs * len(dataset) / cfg.effective_batch))
+    resolve_counts(cfg, len(dataset))  # global batch and epochs -> this world's step counts
     run_dir, resume = prepare_run_dir(cfg, resume)
     barrier(state)  # no rank writes into the run directory before every rank has checked it
 

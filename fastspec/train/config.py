@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastspec.config_base import ConfigError, check, from_dict, set_key
+from fastspec.config_base import ConfigError, check, check_all, from_dict, set_key
 from fastspec.recipes import list_recipes, recipe_sections, recipe_spec
+from fastspec.train.clipping import CLIP_MODES
 from fastspec.train.distributed import world_size
 
 AMP_MODES = ("bf16", "fp16", "none")
@@ -113,8 +115,25 @@ class ModelConfig:
     """(frames, mel bins) per patch of a ViT, overriding its own (None). Recipes that need a
     token layout ask for it through the encoder contract instead (the ATST recipes: full-frequency
     tokens of ``atst.token_frames`` frames, for ViT and MAST alike)."""
+    pos_embed: str = "sincos"
+    """Positions of every encoder: ``sincos`` (fixed 2-D sin-cos, MAE / MaskSpec) or ``learned``
+    (a table up to ``model.max_frames`` frames, as ASiT's and ATST's reference ViTs)."""
+    max_frames: int = 1024
+    """Longest input, in frames, a ``learned`` position table covers."""
+    qkv_bias: bool = True
+    """Bias on the attention's query/key/value projection (ATST's reference ViT has none)."""
+    drop_path: float = 0.0
+    """Stochastic depth: the drop-path rate of the last block, rising linearly from 0."""
 
     def __post_init__(self):
+        check(
+            self.pos_embed in ("sincos", "learned"),
+            "model.pos_embed",
+            self.pos_embed,
+            "must be sincos or learned",
+        )
+        check(self.max_frames >= 1, "model.max_frames", self.max_frames, "must be >= 1")
+        check(0 <= self.drop_path < 1, "model.drop_path", self.drop_path, "must be in [0, 1)")
         if self.patch_size is not None:  # a JSON round trip gives a list
             self.patch_size = tuple(self.patch_size)
             check(
@@ -162,31 +181,31 @@ class OptimConfig:
     """AdamW betas (MAE's)."""
     warmup_steps: int = 2000
     """Linear warm-up length in optimizer steps (capped at the run length)."""
+    warmup_epochs: float | None = None
+    """When set, the warm-up length in passes over the data; replaces ``warmup_steps``."""
     grad_clip: float = 0.0
-    """Clip the global gradient norm to this value (0 = no clipping)."""
+    """Clip the gradients to this norm (0 = no clipping), as ``clip_mode`` says."""
+    clip_mode: str = "norm"
+    """``norm``: the global norm of all gradients together (MAE); ``per_param``: each
+    parameter's gradient on its own (DINO's and ASiT's ``clip_gradients``)."""
     accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
 
     def __post_init__(self):
         check(self.blr > 0, "optim.blr", self.blr, "must be > 0")
         check(self.lr is None or self.lr > 0, "optim.lr", self.lr, "must be > 0")
-        check(self.min_lr >= 0, "optim.min_lr", self.min_lr, "must be >= 0")
-        check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
-        check(
-            self.weight_decay_end is None or self.weight_decay_end >= 0,
-            "optim.weight_decay_end",
-            self.weight_decay_end,
-            "must be >= 0",
-        )
+        check_all(self, "optim", ("min_lr", "weight_decay", "weight_decay_end", "warmup_steps",
+                                  "warmup_epochs", "grad_clip"),
+                  lambda v: v is None or v >= 0, "must be >= 0")  # fmt: skip
         check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "optim.betas",
             self.betas,
             "must be two numbers in [0, 1)",
         )
-        check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
-        check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0")
         check(self.accum_steps >= 1, "optim.accum_steps", self.accum_steps, "must be >= 1")
+        check(self.clip_mode in CLIP_MODES, "optim.clip_mode", self.clip_mode,
+              f"must be one of {CLIP_MODES}")  # fmt: skip
 
 
 @dataclass
@@ -200,6 +219,10 @@ class TrainConfig:
     It belongs to one invocation: never saved in ``config.json``, never restored from it."""
     batch_size: int = 64
     """Clips per micro-batch of one rank; the effective batch is batch x accumulation x world."""
+    global_batch: int | None = None
+    """When set, the clips per optimizer step over all ranks (the papers' batch): accumulation
+    becomes ``global_batch / (batch_size x world size)``, so any number of ranks trains the
+    same run; it must divide evenly."""
     amp: str = "bf16"
     """Autocast precision: bf16, fp16 (with loss scaling) or none (float32)."""
     compile: bool = False
@@ -229,14 +252,10 @@ class TrainConfig:
 
     def __post_init__(self):
         check(self.steps >= 0, "train.steps", self.steps, "must be >= 0")
-        check(self.epochs is None or self.epochs > 0, "train.epochs", self.epochs, "must be > 0")
-        check(
-            self.stop_after is None or self.stop_after >= 0,
-            "train.stop_after",
-            self.stop_after,
-            "must be >= 0",
-        )
-        check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        check_all(self, "train", ("epochs", "global_batch", "batch_size"),
+                  lambda v: v is None or v > 0, "must be > 0")  # fmt: skip
+        check(self.stop_after is None or self.stop_after >= 0, "train.stop_after",
+              self.stop_after, "must be >= 0")  # fmt: skip
         check(self.amp in AMP_MODES, "train.amp", self.amp, f"must be one of {AMP_MODES}")
         check(self.log_every >= 1, "train.log_every", self.log_every, "must be >= 1")
         check(self.ckpt_every >= 1, "train.ckpt_every", self.ckpt_every, "must be >= 1")
@@ -345,6 +364,30 @@ def default_config(recipe: str = "maskspec", *, demo: bool = True) -> Config:
     return cfg
 
 
+def resolve_counts(cfg: Config, n_clips: int) -> None:
+    """Turn the settings given over all ranks or in passes over the data into this world's
+    optimizer-step counts, in place: ``train.global_batch`` -> ``optim.accum_steps``,
+    ``train.epochs`` -> ``train.steps``, ``optim.warmup_epochs`` -> ``optim.warmup_steps``.
+
+    ``n_clips`` is the size of one pass over the data. Raises ConfigError when the global batch
+    is not a whole number of micro-batches of every rank.
+    """
+    if cfg.train.global_batch is not None:
+        per_step = cfg.train.batch_size * world_size()
+        if cfg.train.global_batch % per_step:
+            raise ConfigError(
+                f"train.global_batch={cfg.train.global_batch} is not a multiple of "
+                f"train.batch_size x world size = {cfg.train.batch_size} x {world_size()}; "
+                "change train.batch_size or the number of ranks"
+            )
+        cfg.optim.accum_steps = cfg.train.global_batch // per_step
+    steps_per_epoch = n_clips / cfg.effective_batch
+    if cfg.train.epochs is not None:  # passes over the data by the global batch
+        cfg.train.steps = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    if cfg.optim.warmup_epochs is not None:
+        cfg.optim.warmup_steps = math.ceil(cfg.optim.warmup_epochs * steps_per_epoch)
+
+
 def apply_override(cfg: Config, assignment: str) -> None:
     """Apply one ``key.sub=value`` override in place, parsing value by the field's type.
 
@@ -357,4 +400,11 @@ def apply_override(cfg: Config, assignment: str) -> None:
     set_key(cfg, key, raw=raw)
 
 
-__all__ = ["Config", "ConfigError", "RunConfig", "apply_override", "default_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "RunConfig",
+    "apply_override",
+    "default_config",
+    "resolve_counts",
+]

@@ -1,7 +1,8 @@
 """The trainer: one step, the logging interval, checkpoints and export, on 1 to N ranks.
 
 One step, as in DESIGN.md §3: each rank moves its micro-batch of waveforms to its device, turns
-them into normalised log-mel features (no gradient), and the recipe masks and encodes them under
+them (or the views a recipe cuts from them: its ``waveform_views`` hook, ASiT's rolled crops)
+into normalised log-mel features (no gradient), and the recipe masks and encodes them under
 one autocast context; after the last micro-step the averaged gradient (all-reduced over the ranks
 by DDP, reduce-scattered by FSDP2) updates the weights with AdamW under a warm-up + cosine
 schedule, and the recipe's hooks run (EMA teacher). :mod:`fastspec.train.build` builds the run,
@@ -32,15 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from fastspec._logging import get_logger
 from fastspec.data import build_loader
 from fastspec.encoder import export_encoder
-from fastspec.masking.clip_rng import ClipRng
+from fastspec.masking.clip_rng import ClipRng, clip_keys
 from fastspec.models.attention import any_padding
 from fastspec.train.build import Run, build_run, make_recipe
 from fastspec.train.checkpoint import gather_state, save_checkpoint
+from fastspec.train.clipping import clip_gradients_
 from fastspec.train.config import Config
 from fastspec.train.distributed import (
     RankFailure,
@@ -101,6 +102,8 @@ class Trainer:
         self.before_step = getattr(run.recipe, "before_step", None)
         self.after_step = getattr(run.recipe, "after_step", None)
         self.health = getattr(run.recipe, "health", None)
+        # a recipe that cuts its views from the waveform (ASiT) gets them featurised here
+        self.waveform_views = getattr(run.recipe, "waveform_views", None)
         n_frames = int(run.frontend.num_frames(run.dataset.clip_samples))
         self.flops_per_clip = run.recipe.train_flops_per_clip(n_frames)
         self.peak = peak_flops(self.device, run.amp)
@@ -140,15 +143,21 @@ class Trainer:
             batch = next(self.loader)  # logs and counts files skipped while filling it
             wave = batch["wave"].to(self.device, non_blocking=True)
             lengths = batch["lengths"].to(self.device, non_blocking=True)
-            with torch.no_grad():
-                mel = run.frontend(wave, lengths)  # [B, T, F] float32, no gradient needed
             # read on the host before the move (no sync): no clip padded, no attention mask
-            frame_lengths = None
-            if any_padding(batch["lengths"], batch["wave"].shape[-1]):
-                frame_lengths = run.frontend.num_frames(lengths)
+            padded = any_padding(batch["lengths"], batch["wave"].shape[-1])
             # this micro-batch's clips sit at these positions of the step's global batch
             first = (micro * world + self.dist.rank) * batch_size
             rng = ClipRng.for_clips(cfg.train.seed, step, first, batch_size, self.device)
+            # what still draws from torch's global RNG (stochastic depth) restarts from (seed,
+            # step, micro-step, rank): a resumed run draws what the uninterrupted one drew
+            torch.manual_seed(int(clip_keys(cfg.train.seed, step, first, 1, "cpu")[0]))
+            with torch.no_grad():
+                if self.waveform_views is not None:
+                    # [V * B, S'] views cut from the waveform, featurised whole (no lengths)
+                    wave = self.waveform_views(wave, lengths if padded else None, rng)
+                    lengths, padded = None, False
+                mel = run.frontend(wave, lengths)  # [B or V * B, T, F] float32, no gradient
+            frame_lengths = run.frontend.num_frames(lengths) if padded else None
             with grad_sync(run.model, self.dist, sync=micro == self.accum - 1):
                 with _autocast(self.device, run.amp):
                     out = run.model(mel, generator=rng, frame_lengths=frame_lengths)
@@ -167,7 +176,8 @@ class Trainer:
             return lr
         if cfg.optim.grad_clip > 0:
             run.scaler.unscale_(run.optimizer)
-            nn.utils.clip_grad_norm_(run.recipe.parameters(), cfg.optim.grad_clip)
+            # on the reduced gradients: the global norm, or each parameter's own (DINO, ASiT)
+            clip_gradients_(run.recipe.parameters(), cfg.optim.grad_clip, cfg.optim.clip_mode)
         self.in_update = True
         run.scaler.step(run.optimizer)
         run.scaler.update()
