@@ -123,9 +123,8 @@ class ProtocolSettings:
     """Clip the global gradient norm to this value; 0 = off (ATST: 3)."""
 
     def __post_init__(self):
-        check_all(self, "finetune", ("optimizer",), lambda v: v in OPTIMIZERS,
-                  f"must be one of {OPTIMIZERS}")  # fmt: skip
         for keys, test, why in (
+            (("optimizer",), lambda v: v in OPTIMIZERS, f"must be one of {OPTIMIZERS}"),
             (("epochs", "batch_size"), lambda v: v >= 1, "must be >= 1"),
             (("blr", "clip_seconds"), lambda v: v > 0, "must be > 0"),
             (

@@ -260,8 +260,11 @@ def compute_logmel(
         _check_values(wave, lengths, cfg)
         if orig_sample_rate != cfg.sample_rate:
             wave, lengths = _resample_batch(wave, lengths, cfg, orig_sample_rate)
+        else:  # int16 PCM scaled as every other path scales it
+            wave = _to_float(wave, torch.float64 if wave.dtype == torch.float64 else torch.float32)
         wave, lengths = preemphasize_signal(wave, lengths, cfg.signal_preemphasis)
-        plain = dataclasses.replace(cfg, signal_preemphasis=0.0)
+        # the samples were scanned above: the backend need not scan them again
+        plain = dataclasses.replace(cfg, signal_preemphasis=0.0, check_finite=False)
         return compute_logmel(wave, lengths, plain, normalize, chosen, out_dtype, cfg.sample_rate)
     if chosen != "torch" and cfg.bin_affine(normalize) is not None:
         # the kernels take a scalar affine: per-bin normalisation follows their float32 output
