@@ -20,7 +20,7 @@ Sampling, batch 256 x 512 tokens (the MaskSpec grid 64 x 8 of a 10 s clip; time_
 
 Drop + embed, 10 s ViT-B/16 clips (1024 x 128 mel, 512 patches, D 768), 75 % masked:
 
-- ``fastspec``: :func:`fastspec.models.patch_embed.embed_kept_patches` (the fused Triton kernel on CUDA;
+- ``fastspec``: :func:`fastspec.models.patch_embed.kept_patch_embedding` (the fused Triton kernel on CUDA;
   on CPU its torch path, gather then linear);
 - ``gather-linear``: patchify all, gather the kept patches, linear, add gathered positions;
 - ``embed-all-gather``: Audio-MAE's order: conv patch embedding of all N patches, add positions,
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from fastspec.masking import sample_mask
-from fastspec.models.patch_embed import embed_kept_patches
+from fastspec.models.patch_embed import kept_patch_embedding
 from fastspec.models.pos_embed import sincos_2d
 
 CUDA = torch.cuda.is_available()
@@ -269,7 +269,7 @@ def _embed_all_gather(mel, linear, pos, ids_keep):
 def test_drop_and_embed(benchmark, embed_inputs, provider, mode):
     mel, linear, pos, ids_keep = embed_inputs
     fn_embed = {
-        "fastspec": lambda: embed_kept_patches(
+        "fastspec": lambda: kept_patch_embedding(mel.device)(
             mel, ids_keep, linear.weight, linear.bias, pos, (16, 16)
         ),
         "gather-linear": lambda: _gather_linear(mel, linear, pos, ids_keep),

@@ -19,6 +19,7 @@ __all__ = [
     "add_run_args",
     "report_error",
     "reports_errors",
+    "run_args",
 ]
 
 # what a user's input can cause: a bad value, file or data source (DataError and ConfigError are
@@ -55,6 +56,14 @@ def add_run_args(
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["auto", "bf16", "none"], default=amp, help="autocast")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
+
+
+def run_args(args: argparse.Namespace, *, without: tuple[str, ...] = ()) -> dict:
+    """The options :func:`add_run_args` added, by name, as keyword arguments of the function
+    the command calls: ``batch_size``, ``device``, ``amp``, ``workers``, less those named in
+    ``without`` (``batch_size`` where the command's ``--batch-size`` means something else)."""
+    names = ("batch_size", "device", "amp", "workers")
+    return {name: getattr(args, name) for name in names if name not in without}
 
 
 def add_pooling_args(p: argparse.ArgumentParser) -> None:

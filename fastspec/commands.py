@@ -17,6 +17,7 @@ from fastspec.cli_args import (
     add_pooling_args,
     add_run_args,
     reports_errors,
+    run_args,
 )
 
 __all__ = [
@@ -157,14 +158,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         last_blocks=args.last_blocks,
     )
     table = open_inputs(args.inputs)
+    # the encoder is already on its device
     summary = write_embeddings(
-        encoder,
-        table,
-        args.out,
-        frames=args.frames,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        amp=args.amp,
+        encoder, table, args.out, frames=args.frames, **run_args(args, without=("device",))
     )
     frames = f" and frame embeddings in {args.out}/frames/" if summary.frames else ""
     skipped = f", skipped {len(summary.skipped)} (see embed.json)" if summary.skipped else ""
@@ -224,14 +220,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finetune = FinetuneSettings(**schedule, seed=args.seed)
     settings = EvalSettings(
         modes=("linear", "finetune") if args.mode == "both" else (args.mode,),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        amp=args.amp,
         seed=args.seed,
         pooling=args.pooling,
         last_blocks=args.last_blocks,
         finetune=finetune,
+        **run_args(args),
     )
     task = open_task(
         args.data,

@@ -51,7 +51,7 @@ from ._utils import (
 )
 from .patch_embed_bwd import embed_bwd_mel_op, embed_bwd_weight_op
 
-__all__ = ["INTERPRETED", "embed_kept_patches", "embed_kept_patches_fwd"]
+__all__ = ["INTERPRETED", "embed_kept_patches"]
 
 
 @triton.jit(do_not_specialize=["n_tokens", "n_keep"])
@@ -105,22 +105,22 @@ def _embed_fwd_kernel(
     tl.store(out, cast_rne(acc, out_ptr.dtype.element_ty, EMULATE), mask=ok)
 
 
-# ---- launchers ------------------------------------------------------------------------------------
+# ---- torch library ops and autograd ----------------------------------------------------------------
 
 
-def embed_kept_patches_fwd(
+@kernel_op("fastspec::embed_kept_patches")
+def _embed_op(
     mel: Tensor,
     ids_keep: Tensor | None,
     weight: Tensor,
     bias: Tensor | None,
     pos: Tensor,
-    patch_size: tuple[int, int],
-    compute_dtype: torch.dtype | None = None,
+    pt: int,
+    pf: int,
+    compute_dtype: torch.dtype,
 ) -> Tensor:
-    """Launch the forward kernel: [B, T, F] -> [B, K, D] in ``pos``'s dtype (no autograd).
-
-    Validates at the boundary (shapes, dtype of the indices, devices)."""
-    pt, pf = patch_size
+    """The forward launch: [B, T, F] -> [B, K, D] in ``pos``'s dtype (no autograd of its own);
+    validates at the boundary (shapes, dtype of the indices, devices)."""
     if mel.dim() != 3 or mel.shape[1] % pt or mel.shape[2] % pf:
         raise ValueError(
             f"mel must be [B, T, F] with T a multiple of {pt} and F of {pf}, "
@@ -146,7 +146,6 @@ def embed_kept_patches_fwd(
         k = ids_keep.shape[1]
     require_runnable(mel.device, "patch-embed kernels", "patch_embed")
     check_same_device(mel.device, ids_keep=ids_keep, weight=weight, bias=bias, pos=pos)
-    compute_dtype = compute_dtype or weight.dtype
     pos = pos.contiguous()
     out = torch.empty(b, k, dim, dtype=pos.dtype, device=mel.device)
     if out.numel() == 0:
@@ -158,26 +157,9 @@ def embed_kept_patches_fwd(
             mel, ids_or(ids_keep, pos), weight, bias if bias is not None else pos, pos,
             out, b * k, k, f_p, dim, *mel.stride(), *weight.stride(),
             HAS_BIAS=bias is not None,
-            **embed_launch_args(ids_keep, patch_size, compute_dtype, blocks),
+            **embed_launch_args(ids_keep, (pt, pf), compute_dtype, blocks),
         )  # fmt: skip
     return out
-
-
-# ---- torch library ops and autograd ----------------------------------------------------------------
-
-
-@kernel_op("fastspec::embed_kept_patches")
-def _embed_op(
-    mel: Tensor,
-    ids_keep: Tensor | None,
-    weight: Tensor,
-    bias: Tensor | None,
-    pos: Tensor,
-    pt: int,
-    pf: int,
-    compute_dtype: torch.dtype,
-) -> Tensor:
-    return embed_kept_patches_fwd(mel, ids_keep, weight, bias, pos, (pt, pf), compute_dtype)
 
 
 @fake_for(_embed_op)
@@ -227,7 +209,7 @@ def embed_kept_patches(
 
     Args:
         mel: [B, T, F] log-mel (any float dtype, any strides), T and F multiples of the patch.
-        ids_keep: [B, K] int64 kept grid indices (``Mask.ids_keep``), or None for all N tokens.
+        ids_keep: [B, K] integer kept grid indices (``Mask.ids_keep``), or None for all N.
         weight: [D, pt * pf] patch projection (``nn.Linear.weight``); bias: [D] or None.
         pos: [N, D] positions of the full grid; receives no gradient.
         patch_size: (pt, pf).
@@ -242,4 +224,6 @@ def embed_kept_patches(
         compute_dtype = torch.get_autocast_dtype(device_type)
     if compute_dtype not in TL_DTYPES:
         raise ValueError(f"embed_kept_patches computes in fp32/fp16/bf16, not {compute_dtype}")
+    if ids_keep is not None:  # the kernel reads int64; like the reference, take any integers
+        ids_keep = ids_keep.long()
     return _embed_op(mel, ids_keep, weight, bias, pos, patch_size[0], patch_size[1], compute_dtype)

@@ -102,20 +102,27 @@ def kaldi_mel_banks(n_mels, n_fft, sample_rate, f_min, f_max, *, dtype, device=N
     mel between ``f_min`` and ``f_max``; only the first ``n_fft // 2`` FFT bins are covered and
     the Nyquist bin gets weight 0 (Kaldi pads that column with zeros). Filters narrower than one
     FFT bin come out empty (all zero), which torchaudio allows and kaldi-native-fbank refuses.
+
+    ``f_min`` and ``f_max`` may also be [B] tensors (a mel range per clip, MaskSpec's training
+    augmentation): the result is then ``[B, n_fft // 2 + 1, n_mels]``, built in one pass.
     """
     num_fft_bins = n_fft // 2
-    mel_lo = 1127.0 * math.log1p(f_min / 700.0)
-    mel_hi = 1127.0 * math.log1p(f_max / 700.0)
+    f64 = {"dtype": torch.float64, "device": device}  # built in float64 where it is used
+
+    def mel_of(f):  # [..., 1, 1]: a scalar range gives [F, M], a range per clip [B, F, M]
+        return 1127.0 * torch.log1p(torch.as_tensor(f, **f64) / 700.0)[..., None, None]
+
+    mel_lo, mel_hi = mel_of(f_min), mel_of(f_max)
     delta = (mel_hi - mel_lo) / (n_mels + 1)
-    i = torch.arange(n_mels, dtype=torch.float64)[None, :]
+    i = torch.arange(n_mels, **f64)[None, :]
     left, centre, right = mel_lo + i * delta, mel_lo + (i + 1) * delta, mel_lo + (i + 2) * delta
-    freqs = torch.arange(num_fft_bins, dtype=torch.float64)[:, None] * (sample_rate / n_fft)
+    freqs = torch.arange(num_fft_bins, **f64)[:, None] * (sample_rate / n_fft)
     mel = 1127.0 * torch.log1p(freqs / 700.0)
     up = (mel - left) / (centre - left)
     down = (right - mel) / (right - centre)
-    fb = torch.clamp_min(torch.minimum(up, down), 0.0)
-    fb = torch.cat([fb, torch.zeros(1, n_mels, dtype=torch.float64)], dim=0)
-    return fb.to(dtype=dtype, device=device)
+    fb = torch.clamp_min(torch.minimum(up, down), 0.0)  # [..., F - 1, M]
+    fb = torch.cat([fb, fb.new_zeros(*fb.shape[:-2], 1, n_mels)], dim=-2)
+    return fb.to(dtype=dtype)
 
 
 def htk_mel_banks(n_mels, n_fft, sample_rate, f_min, f_max, *, dtype, device=None):
@@ -259,7 +266,8 @@ def logmel_ref(
         lengths: ``[B]`` int valid samples per clip, or None for all ``S``.
         window: ``[frame_length]`` analysis window (``frame_length`` = Kaldi window size, or
             ``n_fft`` with ``center=True``), same dtype as ``wave``.
-        mel_fb: ``[n_fft // 2 + 1, n_mels]`` filter bank, same dtype as ``wave``.
+        mel_fb: ``[n_fft // 2 + 1, n_mels]`` filter bank, or one per clip
+            ``[B, n_fft // 2 + 1, n_mels]``, same dtype as ``wave``.
         hop_length, n_fft, center, pad_mode: framing (see ``frame_count``).
         remove_dc, preemphasis: per-frame mean removal, then ``y[n] = x[n] - a x[n-1]``.
         log_scale: spectrum power, log floor and multiplier, per-clip ``top_db`` clamp; the log
@@ -272,7 +280,7 @@ def logmel_ref(
     frame_length = window.numel()
     frames = frame_signal_ref(wave, lengths, frame_length, hop_length, center, pad_mode)
     batch, n_frames = frames.shape[:2]
-    out = wave.new_zeros(batch, n_frames, mel_fb.shape[1])
+    out = wave.new_zeros(batch, n_frames, mel_fb.shape[-1])
     if frames.numel() == 0:
         # MKL's rfft rejects empty batches; no frames (or no clips) means an empty result
         return out

@@ -25,6 +25,7 @@ from fastspec.models import create_model, sincos_2d
 from fastspec.recipes import build_recipe, encoder_options
 from fastspec.recipes.atst_clip import ATSTClip
 from fastspec.recipes.atst_frame import ATSTFrame, masked_token_ids
+from fastspec.recipes.base import StepInput
 from fastspec.recipes.byol import whole_patch_frames
 from fastspec.recipes.heads import MLPHead
 from fastspec.recipes.teacher import ema_momentum
@@ -110,13 +111,14 @@ def vit_ref(encoder, mel, masked=None, mask_embed=None):
 
 
 def head_ref(head, x):
-    """MLPHead on rows x [N, in]: batch norm with the statistics of these N rows."""
+    """ATST's projector / predictor (audiossl ``build_mlp(2, ..., last_bn=False)``) on rows
+    x [N, in]: bias-free linear layers, batch norm with the statistics of these N rows."""
     linear1, bn, _, linear2 = head.net
-    h = x @ linear1.weight.T + linear1.bias
+    h = x @ linear1.weight.T
     mean = h.mean(dim=0)
     var = ((h - mean) ** 2).mean(dim=0)
     h = torch.relu((h - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias)
-    return h @ linear2.weight.T + linear2.bias
+    return h @ linear2.weight.T
 
 
 def byol_ref(p, z):
@@ -188,6 +190,20 @@ def test_masked_token_ids_list_exactly_the_masked_tokens():
     assert ids.shape == (5, 50 - int(50 * 0.35))
     for b in range(5):
         assert ids[b].sort().values.tolist() == mask.mask[b].nonzero().flatten().tolist()
+
+
+def test_projector_and_predictor_are_atst_bias_free_mlps():
+    # audiossl build_mlp(2, in, hidden, out, last_bn=False): Linear(bias=False) -> BatchNorm1d
+    # -> ReLU -> Linear(bias=False); a last bias is a constant output direction the predictor
+    # could align with the teacher's projections whatever the input
+    recipe = ATSTClip(tiny_encoder(), crop_frames=40, **HEADS)
+    for head in (recipe.projector, recipe.predictor, recipe.teacher_projector):
+        kinds = [type(m).__name__ for m in head.net]
+        assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+        assert head.net[0].bias is None and head.net[3].bias is None
+        assert head.net[1].affine
+    names = [n for n, _ in recipe.named_parameters() if "projector" in n or "predictor" in n]
+    assert not [n for n in names if n.endswith("net.0.bias") or n.endswith("net.3.bias")]
 
 
 def test_mlp_head_batch_norm_statistics_come_from_the_valid_rows_only():
@@ -285,7 +301,7 @@ def test_atst_clip_views_are_two_independent_crops_inside_each_clip():
     for b in range(3):
         mel[b, frame_lengths[b] :] = 0  # the front end gives zeros past a clip's frames
     g = torch.Generator().manual_seed(0)
-    views, lengths = recipe.make_views(mel, g, frame_lengths)
+    views, lengths = recipe.make_views(StepInput(mel, g, frame_lengths))
     assert views.shape == (6, 20, 64)
     starts = []
     for r in range(6):
@@ -302,7 +318,9 @@ def test_atst_clip_views_are_two_independent_crops_inside_each_clip():
 def test_atst_frame_copies_share_one_crop_and_one_mask():
     recipe = ATSTFrame(tiny_encoder(), crop_frames=80, **HEADS)
     mel, frame_lengths = padded_batch(4, 100, [100, 90, 50, 100])
-    clean, augmented, lengths, mask, ids = recipe.make_views(mel.float(), None, frame_lengths)
+    clean, augmented, lengths, mask, ids = recipe.make_views(
+        StepInput(mel.float(), None, frame_lengths)
+    )
     assert clean.shape == augmented.shape == (4, 80, 64) and mask.shape == (4, 20)
     # overlapping spans (the paper): M candidates = the larger span count x 5, as ids name them
     assert ids.shape == (4, recipe.n_masked)
@@ -410,6 +428,10 @@ def test_paper_and_demo_settings():
     demo = default_config("atst-clip", demo=True)
     assert demo.model.patch_size is None and demo.frontend.preset == "atst"
     assert encoder_options("atst-clip", **recipe_options(demo)) == {"frame_tokens": 4}
+    # the paper resizes both axes; the demo only time (ATST_CLIP_DEMO: the frequency crop cuts
+    # the demo's narrow-band events out of one view, and BYOL learns to ignore them)
+    assert clip.atst.freq_scale == (0.6, 1.5) and clip.atst.time_scale == (0.6, 1.5)
+    assert demo.atst.freq_scale == (1.0, 1.0) and demo.atst.time_scale == (0.6, 1.5)
     # the config survives its JSON round trip (config.json, resume)
     assert Config.from_dict(json.loads(frame.to_json())) == frame
 

@@ -192,8 +192,9 @@ def test_asit_trains_on_kaldi32k_features_of_its_waveform_views(tmp_path, monkey
 # ----- maskspec -------------------------------------------------------------------------------
 
 
-def maskspec_np(x: np.ndarray, mean=None, std=None, sr: int = SR32) -> np.ndarray:
-    """MaskSpec's AugmentMelSTFT (models/models_mae.py, evaluation range) in float64: conv1d
+def maskspec_np(x: np.ndarray, mean=None, std=None, sr=SR32, low=0.0, high=15000.0) -> np.ndarray:
+    """MaskSpec's AugmentMelSTFT (models/models_mae.py; mel range low..high Hz, by default its
+    evaluation range) in float64: conv1d
     pre-emphasis [-0.97, 1] of the whole clip (one sample shorter), torch.stft(n_fft=1024,
     win_length=800, hop_length=320, hann_window(800, periodic=False), center=True, reflect)
     power, kaldi get_mel_banks(128, 1024, sr, 0, 15000) padded with a zero Nyquist column,
@@ -208,7 +209,7 @@ def maskspec_np(x: np.ndarray, mean=None, std=None, sr: int = SR32) -> np.ndarra
     window[left : left + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / (win - 1))
     frames = np.stack([padded[t * hop : t * hop + n_fft] for t in range(count)]) * window
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    banks = kaldi_banks_np(sr, n_fft, n_mels, 0.0, 15000.0)
+    banks = kaldi_banks_np(sr, n_fft, n_mels, low, high)
     out = np.log(power[:, : n_fft // 2] @ banks.T + 1e-5)
     mean = np.zeros(n_mels) if mean is None else np.asarray(mean)
     std = np.ones(n_mels) if std is None else np.asarray(std)

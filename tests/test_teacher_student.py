@@ -19,7 +19,7 @@ from fastspec.recipes.teacher import (
     ema_momentum,
     warmup_then_constant,
 )
-from fastspec.recipes.views import random_time_crops
+from fastspec.recipes.views import random_crops
 
 
 def _student():
@@ -115,11 +115,11 @@ def test_monitors_see_both_collapses():
     assert collapse_warnings({"spread": healthy}, spread_key="spread") == []
 
 
-def test_random_time_crops_stay_inside_each_clip():
+def test_random_crops_stay_inside_each_clip():
     torch.manual_seed(0)
     mel = torch.arange(2 * 50 * 3, dtype=torch.float32).reshape(2, 50, 3)
     g = torch.Generator().manual_seed(1)
-    views, starts = random_time_crops(mel, 20, 3, frame_lengths=torch.tensor([50, 25]), generator=g)
+    views, starts = random_crops(mel, 20, 3, lengths=torch.tensor([50, 25]), generator=g)
     assert views.shape == (3, 2, 20, 3) and starts.shape == (3, 2)
     assert (starts[:, 1] <= 5).all() and (starts[:, 0] <= 30).all()
     for v in range(3):
@@ -128,7 +128,7 @@ def test_random_time_crops_stay_inside_each_clip():
             assert torch.equal(views[v, b], mel[b, s : s + 20])
     # same generator seed, same views; short clips are padded, the crop starts at 0
     g2 = torch.Generator().manual_seed(1)
-    again, _ = random_time_crops(mel, 20, 3, frame_lengths=torch.tensor([50, 25]), generator=g2)
+    again, _ = random_crops(mel, 20, 3, lengths=torch.tensor([50, 25]), generator=g2)
     assert torch.equal(views, again)
-    short, s0 = random_time_crops(mel[:, :10], 20, 1, generator=g)
+    short, s0 = random_crops(mel[:, :10], 20, 1, generator=g)
     assert short.shape == (1, 2, 20, 3) and (s0 == 0).all() and (short[:, :, 10:] == 0).all()

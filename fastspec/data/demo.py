@@ -247,22 +247,16 @@ class DemoEvalSet(DemoCorpus):
     ``targets()``, ``multilabel``.
 
     Args:
-        num_clips, sample_rate, clip_seconds, seed: as :class:`DemoCorpus`.
+        num_clips: number of clips (``len``).
         background: level of the background event relative to the labelled one, in [0, 1).
+        corpus: ``sample_rate``, ``clip_seconds``, ``seed``, as :class:`DemoCorpus`.
     """
 
     labeled = True
     multilabel = False
 
-    def __init__(
-        self,
-        num_clips: int = 240,
-        sample_rate: int = 16000,
-        clip_seconds: float = 2.0,
-        seed: int = 0,
-        background: float = 0.3,
-    ):
-        super().__init__(num_clips, sample_rate, clip_seconds, seed)
+    def __init__(self, num_clips: int = 240, *, background: float = 0.3, **corpus):
+        super().__init__(num_clips, **corpus)
         if not 0.0 <= background < 1.0:
             raise ValueError(f"background must be in [0, 1), got {background}")
         self.background = float(background)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from fastspec.cli_args import add_command, add_encoder_arg, add_run_args, reports_errors
+from fastspec.cli_args import (
+    add_command,
+    add_encoder_arg,
+    add_run_args,
+    reports_errors,
+    run_args,
+)
 from fastspec.finetune.protocols import PROTOCOLS, protocol_settings
 
 __all__ = ["add_finetune_parser", "cmd_finetune"]
@@ -63,9 +69,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.out,
         test_data=args.test_data,
         pooling=args.pooling,
-        device=args.device,
-        workers=args.workers,
-        amp=args.amp,
+        **run_args(args, without=("batch_size",)),  # --batch-size is the protocol's
     )
     metric = summary["metric"]
     for split in summary["splits"]:

@@ -242,21 +242,11 @@ class LogMel(nn.Module):
             raise TypeError(f"config must be a FrontendConfig, got {type(config).__name__}")
         return cls(config, normalize=normalize, backend=backend)
 
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def n_mels(self) -> int:
-        return self.config.n_mels
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def win_length(self) -> int:
-        return self.config.win_length
+    # the config's main fields, read on the module as on a torchaudio transform
+    sample_rate = property(lambda self: self.config.sample_rate)
+    n_mels = property(lambda self: self.config.n_mels)
+    hop_length = property(lambda self: self.config.hop_length)
+    win_length = property(lambda self: self.config.win_length)
 
     def num_frames(self, lengths):
         """Frame count for ``lengths`` samples (int or int Tensor)."""

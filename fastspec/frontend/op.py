@@ -87,7 +87,7 @@ def preemphasize_signal(
     return out, None if lengths is None else (lengths - 1).clamp_min(0)
 
 
-def _check_values(wave: Tensor, lengths: Tensor | None, cfg: FrontendConfig) -> None:
+def check_values(wave: Tensor, lengths: Tensor | None, cfg: FrontendConfig) -> None:
     """NaN / inf in valid samples and lengths outside ``[0, S]`` raise ValueError naming the clip.
 
     One small ``[k, B]`` bool tensor is read back: a host sync (the torch and resampling paths;
@@ -156,13 +156,20 @@ def mel_banks(cfg: FrontendConfig, dtype, device) -> Tensor:
 
 
 def reference_logmel(
-    wave: Tensor, lengths: Tensor | None, cfg: FrontendConfig, normalize: bool, dtype: torch.dtype
+    wave: Tensor,
+    lengths: Tensor | None,
+    cfg: FrontendConfig,
+    normalize: bool,
+    dtype: torch.dtype,
+    mel_fb: Tensor | None = None,
 ) -> Tensor:
-    """The torch reference in ``dtype``, no checks: ``[B, S]`` -> ``[B, T, n_mels]``."""
+    """The torch reference in ``dtype``, no checks: ``[B, S]`` -> ``[B, T, n_mels]``; ``mel_fb``
+    replaces the config's filter bank (one per clip: ``[B, n_fft // 2 + 1, n_mels]``)."""
     if cfg.signal_preemphasis:
         wave, lengths = preemphasize_signal(_to_float(wave, dtype), lengths, cfg.signal_preemphasis)
         cfg = dataclasses.replace(cfg, signal_preemphasis=0.0)
-    window, mel_fb = torch_constants(cfg, wave.device, dtype)
+    window, config_fb = torch_constants(cfg, wave.device, dtype)
+    mel_fb = config_fb if mel_fb is None else mel_fb
     norm_mul, norm_add = cfg.norm_affine(normalize)
     out = ref.logmel_ref(
         _to_float(wave, dtype),
@@ -257,7 +264,7 @@ def compute_logmel(
     if cfg.signal_preemphasis:
         # MaskSpec: the whole clip is pre-emphasised at the working rate, then featurised by
         # any backend as a plain clip one sample shorter
-        _check_values(wave, lengths, cfg)
+        check_values(wave, lengths, cfg)
         if orig_sample_rate != cfg.sample_rate:
             wave, lengths = _resample_batch(wave, lengths, cfg, orig_sample_rate)
         else:  # int16 PCM scaled as every other path scales it
@@ -279,7 +286,7 @@ def compute_logmel(
             folded = resampling and not cfg.center
             if resampling and not folded:
                 # centred framing pads the resampled clip: resample on the device, same call
-                _check_values(wave, lengths, cfg)
+                check_values(wave, lengths, cfg)
                 wave, lengths = _resample_batch(wave, lengths, cfg, orig_sample_rate)
             plan = triton_plan(cfg, wave.device, orig_sample_rate if folded else None)
             return logmel_fwd(
@@ -303,7 +310,7 @@ def compute_logmel(
                     wave, lengths, orig_sample_rate, cfg.sample_rate
                 )
             return cpp_ops.logmel_cpp(wave, lengths, cfg, normalize=normalize, out_dtype=out_dtype)
-        _check_values(wave, lengths, cfg)
+        check_values(wave, lengths, cfg)
         if resampling:
             wave, lengths = _resample_batch(wave, lengths, cfg, orig_sample_rate)
         # float64 input keeps float64 math (used to check the backend against itself)

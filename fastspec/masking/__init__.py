@@ -2,7 +2,7 @@
 
 A sampler draws, on the batch's device and without a host sync, which patch tokens each clip
 hides (:func:`sample_mask`); :func:`gather_tokens` drops them before the encoder (whose first
-layer, ``fastspec.models.patch_embed.embed_kept_patches``, fuses the drop into the embedding) and :func:`restore_tokens` puts a mask token back in their place for a decoder.
+layer, ``fastspec.models.patch_embed.kept_patch_embedding``, fuses the drop into the embedding) and :func:`restore_tokens` puts a mask token back in their place for a decoder.
 
 Kinds: ``random`` (MaskSpec / Audio-MAE), ``group`` (ASiT's GMML, with :func:`apply_group_mask`
 for the fill), ``inverse_block`` (EAT), ``time_span`` (ATST-Frame), ``time_freq`` (SpecAugment

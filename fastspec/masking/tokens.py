@@ -2,7 +2,7 @@
 
 - :func:`gather_tokens`: keep the listed tokens of a token tensor (one ``torch.gather``).
 - the fused drop + patch embedding is the encoders' first layer:
-  :func:`fastspec.models.patch_embed.embed_kept_patches`.
+  :func:`fastspec.models.patch_embed.kept_patch_embedding`.
 - :func:`restore_tokens`: kept tokens back on the grid with a mask token (and optional
   positions) for a decoder; a Triton kernel on CUDA, cat-then-gather elsewhere.
 

@@ -14,7 +14,7 @@ from fastspec.models.contract import SpectrogramEncoder, pad_frames
 from fastspec.models.decoder import MAEDecoder
 from fastspec.models.macs import MacReport, count_macs
 from fastspec.models.mast import MASTEncoder  # importing it registers mast_*
-from fastspec.models.patch_embed import embed_kept_patches
+from fastspec.models.patch_embed import kept_patch_embedding
 from fastspec.models.pos_embed import cached_sincos_2d, sincos_1d, sincos_2d
 from fastspec.models.registry import create_model, list_models, register_model
 from fastspec.models.vit import ViTEncoder
@@ -29,8 +29,8 @@ __all__ = [
     "attention_report",
     "cached_sincos_2d",
     "count_macs",
-    "embed_kept_patches",
     "create_model",
+    "kept_patch_embedding",
     "list_models",
     "pad_frames",
     "register_model",

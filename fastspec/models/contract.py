@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastspec.models.patch_embed import embed_kept_patches
+from fastspec.models.patch_embed import kept_patch_embedding
 from fastspec.models.pos_embed import cached_sincos_2d
 
 POSITIONS = ("sincos", "learned")
@@ -300,9 +300,8 @@ class SpectrogramEncoder(nn.Module):
         # stream stays fp32 (as timm/MAE), only matmuls run in low precision
         # the fused kernel adds fixed positions only; a learned table is added after it
         fixed = pos if self.pos_table is None else torch.zeros_like(pos, requires_grad=False)
-        x = embed_kept_patches(
-            mel, ids, weight, self.patch_embed.bias, fixed.detach(), self.embed_patch_size
-        )
+        embed = kept_patch_embedding(mel.device)
+        x = embed(mel, ids, weight, self.patch_embed.bias, fixed.detach(), self.embed_patch_size)
         if self.pos_table is not None:
             x = x + (pos if ids is None else pos[ids])
         if mask is not None:

@@ -3,12 +3,12 @@
 One recipe, one file. A recipe is an ``nn.Module`` holding every part it needs (the student
 encoder under ``.encoder``, plus decoders, heads or an EMA teacher) with:
 
-- ``forward(mel, generator, frame_lengths) -> dict`` (mel [B, T, F]; the RNG of masks and views:
-  a ``torch.Generator`` or the loop's per-clip :class:`~fastspec.masking.clip_rng.ClipRng`, which
-  every sampler accepts, so the same clip draws the same however the batch is split over ranks;
-  [B] valid frames per clip): ``"loss"`` (the scalar to minimise) and optionally other
-  scalar tensors (loss terms, collapse monitors), averaged over each logging interval and written
-  to ``metrics.jsonl`` under their names. They stay on the device until the logging interval.
+- ``forward(mel, generator, frame_lengths) -> dict``: the package's recipes derive from
+  :class:`~fastspec.recipes.base.Recipe`, which gathers the three into a
+  :class:`~fastspec.recipes.base.StepInput` (described there) and calls their
+  ``training_loss(batch)``. The dict holds ``"loss"`` (the scalar to minimise) and optionally
+  other scalar tensors (loss terms, collapse monitors), averaged over each logging interval and
+  written to ``metrics.jsonl`` under their names. They stay on the device until then.
 - ``train_flops_per_clip(n_frames) -> float``: analytic FLOPs of one clip, for MFU;
 - ``encoder_options(**options) -> dict`` (a static method, optional like the hooks below): the
   contract options the recipe asks of its encoder (``frame_tokens`` for the ATST recipes),
@@ -55,6 +55,7 @@ from torch import nn
 from fastspec.recipes.asit import ASiT
 from fastspec.recipes.atst_clip import ATSTClip
 from fastspec.recipes.atst_frame import ATSTFrame
+from fastspec.recipes.base import Recipe, StepInput
 from fastspec.recipes.maskspec import MaskSpec
 from fastspec.recipes.spec import RecipeSpec
 
@@ -110,7 +111,9 @@ __all__ = [
     "ATSTClip",
     "ATSTFrame",
     "MaskSpec",
+    "Recipe",
     "RecipeSpec",
+    "StepInput",
     "build_recipe",
     "encoder_options",
     "list_recipes",

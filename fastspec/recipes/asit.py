@@ -70,6 +70,7 @@ from fastspec.recipes.asit_losses import (
     update_center,
 )
 from fastspec.recipes.asit_settings import ASIT_DEMO, ASIT_PAPER, FILLS, AsitConfig, asit_options
+from fastspec.recipes.base import Recipe, StepInput
 from fastspec.recipes.collective import (
     gather_view_major,
     rank,
@@ -82,12 +83,12 @@ from fastspec.recipes.monitors import (
 )
 from fastspec.recipes.spec import RecipeSpec
 from fastspec.recipes.teacher import EMATeacher, ema_momentum, warmup_then_constant
-from fastspec.recipes.views import random_roll, random_wave_crops
+from fastspec.recipes.views import random_crops, random_roll
 
 # ---- the recipe ---------------------------------------------------------------------------------
 
 
-class ASiT(nn.Module):
+class ASiT(Recipe):
     """Views, student, EMA teacher, heads and losses of the ASiT recipe.
 
     Args:
@@ -245,7 +246,7 @@ class ASiT(nn.Module):
         which the front end featurises whole, as the paper's padded crops.
         """
         rolled, _ = random_roll(wave, self.roll_prob, lengths=lengths, generator=generator)
-        crops, _ = random_wave_crops(
+        crops, _ = random_crops(
             rolled, self.crop_samples, 2, lengths=lengths, generator=generator
         )  # [2, B, crop_samples]
         return crops.reshape(-1, self.crop_samples)
@@ -356,22 +357,16 @@ class ASiT(nn.Module):
             "embedding_spread": embedding_spread(t_tokens[:, 0]),
         }
 
-    def forward(
-        self,
-        mel: Tensor,
-        generator: torch.Generator | None = None,
-        frame_lengths: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """One training forward pass.
+    def training_loss(self, batch: StepInput) -> dict[str, Tensor]:
+        """The loss of one batch: ``mel`` [2B, T, F] holds the features of the
+        :meth:`waveform_views` of B clips, each view featurised whole (no ``frame_lengths``);
+        the generator, the one the views were drawn from, draws the masks and fills.
 
-        mel: [2B, T, F] normalised log-mel of the :meth:`waveform_views` of B clips;
-        generator: the RNG of masks and fills (the one the views were drawn from);
-        frame_lengths: must be None (each view is featurised whole).
         Returns {"loss", "global_loss", "local_loss", "recon_loss", and the monitors}.
         """
-        if frame_lengths is not None:
+        if batch.frame_lengths is not None:
             raise ValueError("ASiT's views are featurised whole: frame_lengths must be None")
-        clean, corrupted, spec_mask = self.make_views(mel, generator)
+        clean, corrupted, spec_mask = self.make_views(batch.mel, batch.generator)
         teacher_out = self.forward_teacher(clean)
         student_out = self.forward_student(corrupted)
         return self.forward_loss(student_out, teacher_out, clean, spec_mask)

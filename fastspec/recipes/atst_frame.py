@@ -34,21 +34,13 @@ from torch import Tensor, nn
 
 from fastspec.masking import sample_mask
 from fastspec.models import SpectrogramEncoder
+from fastspec.recipes.atst_settings import ATST_DEMO, ATST_PAPER, AtstConfig, atst_common_options
 from fastspec.recipes.augment import random_resize_crop
-from fastspec.recipes.byol import (
-    ATST_DEMO,
-    ATST_PAPER,
-    AtstConfig,
-    BYOLPair,
-    atst_common_options,
-    byol_loss,
-    crop_lengths,
-)
-from fastspec.recipes.monitors import embedding_spread
+from fastspec.recipes.base import StepInput
+from fastspec.recipes.byol import BYOLPair, byol_loss
 from fastspec.recipes.spec import RecipeSpec
-from fastspec.recipes.views import random_time_crops
 
-# ==== settings: section `atst` (fastspec.recipes.byol), paper and demo defaults ================
+# ==== settings: section `atst` (fastspec.recipes.atst_settings), paper and demo defaults ======
 
 
 def atst_frame_options(cfg) -> dict:
@@ -175,24 +167,15 @@ class ATSTFrame(BYOLPair):
     # ---- views and mask ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def make_views(
-        self,
-        mel: Tensor,
-        generator: torch.Generator | None = None,
-        frame_lengths: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The two copies of one crop per clip, and the mask they share.
+    def make_views(self, batch: StepInput) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The two copies of one crop per clip of ``batch.mel`` [B, T, F], and their mask.
 
-        mel: [B, T, F]; frame_lengths: [B] valid frames (default all T).
         Returns clean [B, crop, F] float32, augmented [B, crop, F] float32, lengths [B] valid
-        frames, mask [B, N] bool and ids_masked [B, M] (grid indices of the masked tokens).
+        frames (None when no crop is padded), mask [B, N] bool and ids_masked [B, M] (grid
+        indices of the masked tokens).
         """
-        crops, starts = random_time_crops(
-            mel, self.crop_frames, 1, frame_lengths=frame_lengths, generator=generator
-        )  # [1, B, crop, F], [1, B]
-        clean = crops[0].float()
-        lengths = crop_lengths(starts, frame_lengths, mel.shape[1], self.crop_frames)
-        lengths = None if lengths is None else lengths[0]  # None: every crop whole
+        mel, generator = batch.mel, batch.generator
+        clean, lengths = self.crop_views(batch, 1)  # [B, crop, F], [B] or None: all whole
         # the student's copy: mixup with a past crop, then resize crop along mel only
         augmented = self.memory(clean, generator, lengths)
         augmented = random_resize_crop(
@@ -265,8 +248,7 @@ class ATSTFrame(BYOLPair):
             loss = byol_loss(p, z, real)
         return {
             "loss": loss,
-            "spread_student": embedding_spread(p.detach().flatten(0, 1)),
-            "spread_teacher": embedding_spread(z.flatten(0, 1)),
+            **self.spread_monitors(p, z),
         }
 
     def train_flops_per_clip(self, n_frames: int) -> float:

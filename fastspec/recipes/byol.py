@@ -14,156 +14,16 @@ momentum rises from ``ema_base`` to ``ema_final`` on a cosine over the run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastspec.config_base import check, check_all
-from fastspec.frontend import get_preset, num_frames
 from fastspec.recipes.augment import MixupMemory
+from fastspec.recipes.base import Recipe, StepInput
 from fastspec.recipes.heads import MLPHead
-from fastspec.recipes.monitors import collapse_warnings
+from fastspec.recipes.monitors import collapse_warnings, embedding_spread
 from fastspec.recipes.teacher import EMATeacher, ema_momentum
-
-# ==== settings: config section `atst`, shared by atst-clip and atst-frame ======================
-
-
-@dataclass
-class AtstConfig:
-    """Settings of the ``atst-clip`` and ``atst-frame`` recipes (ATST-Frame's mask kind and
-    ratio are ``masking.kind`` and ``masking.ratio``)."""
-
-    crop_seconds: float | None = None
-    """Length of each crop taken from a clip; None: the paper's, 6 s for atst-clip's two crops
-    and 10 s for atst-frame's one. Cut down to whole patches (601 -> 600 frames)."""
-    ema_momentum: float = 0.99
-    """Teacher momentum at the first step; it rises on a cosine to 1 at the last (the paper's
-    base models: 0.9995 atst-clip, 0.9996 atst-frame)."""
-    proj_hidden: int = 4096
-    """Hidden width of the projector and the predictor (Linear -> BatchNorm -> ReLU -> Linear)."""
-    proj_dim: int = 256
-    """Output width of the projector and the predictor: the space of the BYOL loss."""
-    mixup_ratio: float = 0.4
-    """Largest weight of the past crop in log-mixup-exp (0 disables mixing)."""
-    memory_size: int = 2000
-    """Past crops remembered for log-mixup-exp (held on the device and in checkpoints)."""
-    freq_scale: tuple[float, float] = (0.6, 1.5)
-    """Random resize crop: range of the crop height as a fraction of the mel bins."""
-    time_scale: tuple[float, float] = (0.6, 1.5)
-    """Random resize crop (atst-clip only): range of the crop width as a fraction of the
-    frames. atst-frame never resizes time: its copies must stay aligned frame for frame."""
-    time_canvas: float = 1.5
-    """Random resize crop (atst-clip only): the zero canvas the crop is cut from, as a multiple
-    of the crop's length."""
-    span_length: int = 5
-    """atst-frame with ``masking.kind=time_span``: tokens (40 ms each) per masked span."""
-    min_spans: int = 2
-    """atst-frame with ``masking.kind=time_span``: at least this many spans are masked."""
-    span_overlap: bool = True
-    """atst-frame with ``masking.kind=time_span``: fairseq's overlapping spans as the paper's
-    reference (about 50 % of the frames masked at ratio 0.65); False: exactly ``ratio``, in
-    spans that never overlap."""
-    symmetric: bool = True
-    """atst-frame: both copies go through student and teacher and the two directions of the
-    loss are averaged (paper); False: student on the augmented copy, teacher on the clean one."""
-    token_frames: int = 4
-    """Frames per output token, each token spanning every mel bin (4 = ATST's 40 ms at a 10 ms
-    hop). The recipe asks its encoder for this layout through the encoder contract
-    (``frame_tokens``): a ViT gets 4 x 64 patches, MAST pools frequency to one token and time
-    only as far as this allows."""
-    clip_pooling: str = "cls"
-    """atst-clip: the clip embedding BYOL compares, ``cls`` (the class token, ATST) or ``mean``
-    (the mean of the valid output tokens)."""
-
-    def __post_init__(self):
-        check(
-            self.crop_seconds is None or self.crop_seconds > 0,
-            "atst.crop_seconds",
-            self.crop_seconds,
-            "must be > 0 (or None for the recipe's)",
-        )
-        check(0 <= self.ema_momentum < 1, "atst.ema_momentum", self.ema_momentum,
-              "must be in [0, 1)")  # fmt: skip
-        check_all(self, "atst", ("proj_hidden", "proj_dim", "memory_size", "span_length",
-                                 "min_spans", "token_frames"), lambda v: v >= 1, "must be >= 1")  # fmt: skip
-        check(0 <= self.mixup_ratio <= 1, "atst.mixup_ratio", self.mixup_ratio,
-              "must be in [0, 1]")  # fmt: skip
-        check_all(self, "atst", ("freq_scale", "time_scale"),
-                  lambda v: 0 < v[0] <= v[1] and v[1] >= 1,
-                  "must be (low, high) with 0 < low <= high and high >= 1")  # fmt: skip
-        check(self.time_canvas >= 1, "atst.time_canvas", self.time_canvas, "must be >= 1")
-        check(self.clip_pooling in ("cls", "mean"), "atst.clip_pooling", self.clip_pooling,
-              "must be cls or mean")  # fmt: skip
-
-
-def atst_common_options(cfg, default_crop_seconds: float) -> dict:
-    """Constructor arguments both ATST recipes take from the ``atst`` section, the crop
-    converted from seconds to frames of the run's front end."""
-    a = cfg.atst
-    seconds = a.crop_seconds if a.crop_seconds is not None else default_crop_seconds
-    features = get_preset(
-        cfg.frontend.preset, sample_rate=cfg.data.sample_rate, n_mels=cfg.frontend.n_mels
-    )
-    return {
-        "crop_frames": int(num_frames(round(seconds * cfg.data.sample_rate), features)),
-        "proj_hidden": a.proj_hidden,
-        "proj_dim": a.proj_dim,
-        "ema_base": a.ema_momentum,
-        "mixup_ratio": a.mixup_ratio,
-        "memory_size": a.memory_size,
-        "freq_scale": a.freq_scale,
-        "token_frames": a.token_frames,
-    }
-
-
-# ATST's input and training, shared by both recipes (Audio-WestlakeU/audiossl): 64 mel, 16 kHz,
-# 40 ms full-frequency tokens asked of the encoder (``atst.token_frames``); the reference ViT
-# (models/atst/audio_transformer.py and methods/atstframe/audio_transformer.py: AST_base /
-# FrameAST_base) has qkv_bias=False, drop_path_rate=0.1 (linear over the blocks) and a learned
-# position table (pos_type "cut", trunc-normal 0.02) of 1 + 1001 // 4 entries, 1-D over time as
-# the tokens span every mel bin; model.py of both: transformers' AdamW, the lr per step on a
-# cosine to 1e-6 after a linear warm-up from 0, weight decay on a cosine 0.04 -> 0.4 (not on
-# biases and norms), no gradient clipping, the EMA on a cosine from its base to 1; train.py of
-# both: lr = learning_rate x nproc x batch_size_per_gpu / 256 (our blr). Counted in steps, as
-# the reference counts them (max_steps, warmup_steps). The table here has 1004 // 4 = 251 rows
-# (its 250 patch rows and one more), so a whole 10 s clip (1001 frames, padded) fits.
-ATST_PAPER = {
-    "frontend.preset": "atst",
-    "frontend.n_mels": 64,
-    "data.clip_seconds": 10.0,
-    "model.name": "vit_base_patch16",
-    "model.pos_embed": "learned",
-    "model.max_frames": 1004,
-    "model.qkv_bias": False,
-    "model.drop_path": 0.1,
-    "optim.min_lr": 1e-6,
-    "optim.weight_decay": 0.04,
-    "optim.weight_decay_end": 0.4,
-    "optim.betas": (0.9, 0.999),
-    "optim.grad_clip": 0.0,
-}
-# about a minute on a 2-core CPU: a 4-block ViT on 2 s clips, narrow heads, and a teacher that
-# follows the student within a short run: the paper's momenta average over ~2000 steps (0.1-0.6 %
-# of its runs); at the code default 0.99 a 60-step run moves the exported teacher about a quarter
-# of the way from its random init (its probe matched random init's to the clip), while 0.9
-# averages over ~10 steps. The base lr is raised to match (blr 0.02: 1.25e-3 at 16 clips).
-ATST_DEMO = {
-    "frontend.preset": "atst",
-    "frontend.n_mels": 64,
-    "atst.proj_hidden": 256,
-    "atst.proj_dim": 128,
-    "atst.memory_size": 256,
-    "atst.ema_momentum": 0.9,
-    "optim.blr": 0.02,
-    "optim.weight_decay": 0.04,
-    "optim.weight_decay_end": 0.4,
-    "optim.betas": (0.9, 0.999),
-    "train.steps": 200,
-}
-
-# ==== end of settings ==========================================================================
+from fastspec.recipes.views import crop_lengths, random_crops
 
 
 def byol_loss(p: Tensor, z: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -189,7 +49,7 @@ def mlp_head_flops(head: MLPHead) -> float:
     return 2.0 * (first.in_features * first.out_features + last.in_features * last.out_features)
 
 
-class BYOLPair(nn.Module):
+class BYOLPair(Recipe):
     """Student encoder + projector + predictor, and the EMA teacher of encoder + projector.
 
     Subclasses (the recipes) cut and augment their views (``make_views``) and compute their
@@ -256,17 +116,32 @@ class BYOLPair(nn.Module):
         del options
         return {"frame_tokens": int(token_frames)}
 
-    def forward(
-        self,
-        mel: Tensor,
-        generator: torch.Generator | None = None,
-        frame_lengths: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """One training forward pass: the recipe's views of ``mel`` [B, T, F] (normalised
-        log-mel, ``atst`` preset; ``generator`` the RNG of crops, augmentations and masks, on
-        mel's device; ``frame_lengths`` [B] valid frames per clip), then their loss.
-        Returns {"loss", "spread_student", "spread_teacher"}."""
-        return self.forward_views(*self.make_views(mel, generator, frame_lengths))
+    def crop_views(self, batch: StepInput, n_views: int) -> tuple[Tensor, Tensor | None]:
+        """``n_views`` independent random crops of ``crop_frames`` per clip of ``batch.mel``
+        [B, T, F]: views [V * B, crop_frames, F] float32, view-major (rows 0..B-1 the first
+        crop of each clip), and their valid frames [V * B], or None when no crop is padded (no
+        attention mask is needed then)."""
+        mel, frame_lengths = batch.mel, batch.frame_lengths
+        crops, starts = random_crops(
+            mel, self.crop_frames, n_views, lengths=frame_lengths, generator=batch.generator
+        )  # [V, B, crop, F], [V, B]
+        lengths = crop_lengths(starts, frame_lengths, mel.shape[1], self.crop_frames)
+        views = crops.reshape(-1, self.crop_frames, mel.shape[2]).float()
+        return views, None if lengths is None else lengths.reshape(-1)
+
+    @staticmethod
+    def spread_monitors(p: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """Collapse monitors of the student's predictions ``p`` and the teacher's projections
+        ``z`` ([..., P], one row per clip or frame): their normalised spread."""
+        return {
+            "spread_student": embedding_spread(p.detach().flatten(0, -2)),
+            "spread_teacher": embedding_spread(z.flatten(0, -2)),
+        }
+
+    def training_loss(self, batch: StepInput) -> dict[str, Tensor]:
+        """The recipe's views of the batch (``atst`` log-mel; the generator draws crops,
+        augmentations and masks), then their loss: {"loss", "spread_student", "spread_teacher"}."""
+        return self.forward_views(*self.make_views(batch))
 
     def _student_branch(self) -> nn.ModuleDict:
         # what the teacher follows, in the order of the teacher's own copy; a fresh container
@@ -322,33 +197,9 @@ def whole_patch_frames(crop_frames: int, patch_frames: int) -> int:
     return max(patch_frames, crop_frames // patch_frames * patch_frames)
 
 
-def crop_lengths(
-    starts: Tensor, frame_lengths: Tensor | None, n_frames: int, crop: int
-) -> Tensor | None:
-    """Valid frames of crops that start at ``starts`` [...] in clips of ``frame_lengths`` [B]
-    (default: all ``n_frames``), between 1 and ``crop``.
-
-    None when every crop is whole, known on the host without a sync: no clip is padded
-    (``frame_lengths`` None, as the loop passes it then) and clips hold a crop. The encoders then
-    run without a padding mask, the path that reaches the fast attention kernels.
-    """
-    if frame_lengths is None and n_frames >= crop:
-        return None
-    if frame_lengths is None:
-        total = torch.full_like(starts, n_frames)
-    else:
-        total = frame_lengths.to(device=starts.device, dtype=torch.long).expand_as(starts)
-    return (total - starts).clamp(1, crop)
-
-
 __all__ = [
-    "ATST_DEMO",
-    "ATST_PAPER",
-    "AtstConfig",
     "BYOLPair",
-    "atst_common_options",
     "byol_loss",
-    "crop_lengths",
     "mlp_head_flops",
     "whole_patch_frames",
 ]

@@ -89,6 +89,11 @@ class DINOHead(nn.Module):
 class MLPHead(nn.Module):
     """Linear -> BatchNorm1d -> ReLU -> Linear (BYOL's projector and predictor).
 
+    Both linear layers have no bias, as ATST's ``build_mlp(2, ..., last_bn=False)``
+    (audiossl models/atst/byol.py, methods/atstframe/byol.py): the batch norm's shift stands
+    in for the first one, and a last bias would give every output one shared direction, which
+    the predictor could match to the teacher's projections without looking at the input.
+
     Accepts [N, in_dim] or [B, L, in_dim] (batch norm over all leading positions).
     """
 
@@ -96,10 +101,10 @@ class MLPHead(nn.Module):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, **kw),
+            nn.Linear(in_dim, hidden_dim, bias=False, **kw),
             nn.BatchNorm1d(hidden_dim, **kw),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim, **kw),
+            nn.Linear(hidden_dim, out_dim, bias=False, **kw),
         )
 
     def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:

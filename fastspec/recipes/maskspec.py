@@ -15,13 +15,13 @@ patch the encoder reads, as MAE normalises per ViT patch.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fastspec.masking import sample_mask
 from fastspec.models import MAEDecoder, SpectrogramEncoder
 from fastspec.models.flops import mae_decoder_train_flops
+from fastspec.recipes.base import Recipe, StepInput
 from fastspec.recipes.spec import RecipeSpec
 
 # ==== settings: sections `model` (decoder) and `masking`, paper and demo defaults ==============
@@ -47,11 +47,14 @@ def maskspec_options(cfg) -> dict:
 # 992: centred framing of the pre-emphasised clip, 1 + (samples - 1) // 320), ViT-B with fixed
 # sin-cos positions and qkv bias, decoder 512 x 8 x 16 heads, random masking 0.75 with
 # norm_pix_loss; 8 GPUs x 64 = 512 clips per step, AdamW (0.9, 0.95), weight decay 0.05, blr 1e-3
-# (lr = blr x 512 / 256), 40 warm-up epochs of 400, cosine to 0, no gradient clipping.
+# (lr = blr x 512 / 256), 40 warm-up epochs of 400, cosine to 0, no gradient clipping. In
+# training its AugmentMelSTFT draws the mel range (fmin_aug_range 10, fmax_aug_range 2000: low
+# edge 0-9 Hz, high edge 14,001-16,000 Hz; fastspec.frontend.mel_range, a range per clip).
 MASKSPEC_PAPER = {
     "data.sample_rate": 32000,
     "data.clip_seconds": 9.92,
     "frontend.preset": "maskspec",
+    "frontend.mel_range_jitter": (10, 2000),
     "model.name": "vit_base_patch16",
     "model.pos_embed": "sincos",
     "model.qkv_bias": True,
@@ -75,7 +78,7 @@ MASKSPEC_DEMO = {"model.decoder_dim": 128, "model.decoder_depth": 2, "model.deco
 # ==== end of settings ==========================================================================
 
 
-class MaskSpec(nn.Module):
+class MaskSpec(Recipe):
     """Encoder + decoder + loss of the MaskSpec recipe.
 
     Args:
@@ -136,28 +139,20 @@ class MaskSpec(nn.Module):
         # clamp keeps ratio 0 (nothing masked) finite; never a host sync
         return (per_unit * weight).sum() / weight.sum().clamp_min(1.0)
 
-    def forward(
-        self,
-        mel: Tensor,
-        generator: torch.Generator | None = None,
-        frame_lengths: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """One training forward pass.
+    def training_loss(self, batch: StepInput) -> dict[str, Tensor]:
+        """``{"loss": scalar}`` of one batch: mask, encode the kept units, reconstruct.
 
-        mel: [B, T, F] normalised log-mel (T is zero-padded up to whole units).
-        generator: the RNG of the mask sampler, on mel's device (seeded per step by the loop).
-        frame_lengths: [B] valid frames per clip; unused: like Audio-MAE, MaskSpec trains on
-            fixed-length crops whose zero padding (short clips) is part of the input.
-        Returns {"loss": scalar}.
+        The generator draws the masks; ``frame_lengths`` is unused: like Audio-MAE, MaskSpec
+        trains on fixed-length crops whose zero padding (short clips) is part of the input.
         """
-        mel = self.encoder.pad_frames(mel)
+        mel = self.encoder.pad_frames(batch.mel)
         grid = self.encoder.grid(mel.shape[1])  # the mask-unit grid
         mask = sample_mask(
             self.mask_kind,
             mel.shape[0],
             grid,
             self.mask_ratio,
-            generator=generator,
+            generator=batch.generator,
             device=mel.device,
         )
         latent, stages = self.encoder.forward_multiscale(mel, ids_keep=mask.ids_keep)

@@ -1,8 +1,9 @@
 """Random views of a batch, on device: the crops and rolls of teacher-student recipes.
 
-ATST-Clip takes two independent crops of a clip's log-mel (:func:`random_time_crops`); ASiT, as
-its reference code, rolls each clip's waveform and cuts two crops of samples, which the front end
-then turns into features (:func:`random_roll`, :func:`random_wave_crops`). Every draw comes from
+ATST-Clip takes two independent crops of a clip's log-mel, ATST-Frame one
+(:func:`random_crops`, :func:`crop_lengths`); ASiT, as its reference code, rolls each clip's
+waveform and cuts two crops of samples, which the front end then turns into features
+(:func:`random_roll`, then :func:`random_crops` on the samples). Every draw comes from
 the recipe's generator (the loop's per-clip :class:`~fastspec.masking.clip_rng.ClipRng`), so a
 resumed run, or the same clip on another rank, draws the same views; nothing returns to the host.
 """
@@ -15,63 +16,59 @@ from torch import Tensor
 from fastspec.masking.clip_rng import ClipRng, uniform_rows
 
 
-def random_time_crops(
-    mel: Tensor,
-    crop_frames: int,
-    n_views: int,
-    *,
-    frame_lengths: Tensor | None = None,
-    generator: torch.Generator | ClipRng | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Independent random time crops of every clip.
-
-    mel: [B, T, F] log-mel; crop_frames: frames per crop (clips shorter than that are
-    zero-padded: the crop then starts at 0); frame_lengths: [B] valid frames per clip (default:
-    all T), so crops start only where a whole crop fits within the clip's own frames.
-
-    Returns (views [n_views, B, crop_frames, F], starts [n_views, B] int64).
-    """
-    batch, n_frames, n_bins = mel.shape
-    if crop_frames < 1:
-        raise ValueError(f"crop_frames must be >= 1, got {crop_frames}")
-    if n_frames < crop_frames:  # pad so every crop is in range
-        mel = torch.nn.functional.pad(mel, (0, 0, 0, crop_frames - n_frames))
-    if frame_lengths is None:
-        valid = torch.full((batch,), n_frames, device=mel.device, dtype=torch.long)
-    else:
-        valid = frame_lengths.to(device=mel.device, dtype=torch.long)
-    room = (valid - crop_frames).clamp_min(0) + 1  # [B] number of admissible starts
-    u = uniform_rows(generator, (n_views, batch), mel.device, row_dim=1)  # per clip if keyed
-    starts = (u * room).long().clamp_max(room - 1)  # uniform integer in [0, room)
-    # gather frames start..start+crop for each (view, clip): index [V, B, crop, F]
-    idx = starts[..., None] + torch.arange(crop_frames, device=mel.device)
-    idx = idx[..., None].expand(n_views, batch, crop_frames, n_bins)
-    views = torch.gather(mel.unsqueeze(0).expand(n_views, -1, -1, -1), 2, idx)
-    return views, starts
-
-
-def random_wave_crops(
-    wave: Tensor,
-    crop_samples: int,
+def random_crops(
+    x: Tensor,
+    crop: int,
     n_views: int,
     *,
     lengths: Tensor | None = None,
     generator: torch.Generator | ClipRng | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Independent random crops of ``crop_samples`` samples of every clip's waveform.
+    """Independent random crops of ``crop`` steps along dim 1 of every clip.
 
-    wave: [B, S]; lengths: [B] valid samples (default: all S). A crop starts uniformly at one of
-    the ``max(length - crop_samples, 0) + 1`` places where it fits inside the clip; a clip shorter
-    than a crop is zero-padded and cropped from 0 (ASiT's ``data_transformations.py``: pad to the
-    crop, then ``RandomResizedCrop``, which despite its name draws only an offset, no resize).
+    x: [B, L, ...] (a log-mel [B, T, F], or a waveform [B, S]); lengths: [B] valid steps per
+    clip (default: all L). A crop starts uniformly at one of the ``max(length - crop, 0) + 1``
+    places where it fits inside the clip's own steps; a clip shorter than a crop is zero-padded
+    and cropped from 0 (ASiT's ``data_transformations.py``: pad to the crop, then
+    ``RandomResizedCrop``, which despite its name draws only an offset, no resize).
 
-    Returns (views [n_views, B, crop_samples], starts [n_views, B] int64).
+    Returns (views [n_views, B, crop, ...], starts [n_views, B] int64).
     """
-    # the frame crop over a single "bin": the same draw and the same gather, one sample per row
-    views, starts = random_time_crops(
-        wave[..., None], crop_samples, n_views, frame_lengths=lengths, generator=generator
-    )
-    return views[..., 0], starts
+    batch, n_steps = x.shape[:2]
+    if crop < 1:
+        raise ValueError(f"crop must be >= 1 step, got {crop}")
+    if n_steps < crop:  # pad so every crop is in range
+        x = torch.cat([x, x.new_zeros(batch, crop - n_steps, *x.shape[2:])], dim=1)
+    if lengths is None:
+        valid = torch.full((batch,), n_steps, device=x.device, dtype=torch.long)
+    else:
+        valid = lengths.to(device=x.device, dtype=torch.long)
+    room = (valid - crop).clamp_min(0) + 1  # [B] number of admissible starts
+    u = uniform_rows(generator, (n_views, batch), x.device, row_dim=1)  # per clip if keyed
+    starts = (u * room).long().clamp_max(room - 1)  # uniform integer in [0, room)
+    # gather steps start..start+crop for each (view, clip): index [V, B, crop, ...]
+    idx = starts[..., None] + torch.arange(crop, device=x.device)
+    trailing = x.shape[2:]
+    idx = idx.reshape(*idx.shape, *(1,) * len(trailing)).expand(n_views, batch, crop, *trailing)
+    views = torch.gather(x.unsqueeze(0).expand(n_views, *x.shape), 2, idx)
+    return views, starts
+
+
+def crop_lengths(starts: Tensor, lengths: Tensor | None, n_steps: int, crop: int) -> Tensor | None:
+    """Valid steps of crops that start at ``starts`` [...] in clips of ``lengths`` [B]
+    (default: all ``n_steps``), between 1 and ``crop``.
+
+    None when every crop is whole, known on the host without a sync: no clip is padded
+    (``lengths`` None, as the loop passes it then) and clips hold a crop. The encoders then
+    run without a padding mask, the path that reaches the fast attention kernels.
+    """
+    if lengths is None and n_steps >= crop:
+        return None
+    if lengths is None:
+        total = torch.full_like(starts, n_steps)
+    else:
+        total = lengths.to(device=starts.device, dtype=torch.long).expand_as(starts)
+    return (total - starts).clamp(1, crop)
 
 
 def random_roll(
@@ -108,4 +105,4 @@ def random_roll(
     return torch.gather(wave, 1, source), shifts
 
 
-__all__ = ["random_roll", "random_time_crops", "random_wave_crops"]
+__all__ = ["crop_lengths", "random_crops", "random_roll"]

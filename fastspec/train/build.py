@@ -16,7 +16,8 @@ from torch import nn
 from fastspec._logging import get_logger
 from fastspec.backends import choose_precision
 from fastspec.data import ClipDataset, open_source, resolve_loader
-from fastspec.frontend import LogMel, read_stats_file
+from fastspec.frontend import LogMel, get_preset, read_stats_file
+from fastspec.frontend.mel_range import check_mel_range_jitter
 from fastspec.models import create_model
 from fastspec.recipes import build_recipe, encoder_options, recipe_spec
 from fastspec.train.checkpoint import latest_checkpoint, load_checkpoint, restore_state
@@ -123,6 +124,26 @@ def make_recipe(cfg: Config, device: torch.device) -> nn.Module:
     return build_recipe(cfg.recipe, encoder, **options).to(device)
 
 
+def check_mel_range_jitter_setting(cfg: Config) -> None:
+    """``frontend.mel_range_jitter`` against the preset and the recipe: a ConfigError before
+    anything is built."""
+    jitter = tuple(int(v) for v in cfg.frontend.mel_range_jitter)
+    if not any(jitter):
+        return
+    if hasattr(recipe_spec(cfg.recipe).cls, "waveform_views"):
+        raise ConfigError(
+            f"frontend.mel_range_jitter: recipe {cfg.recipe} featurises views it cuts from the "
+            "waveform; the mel-range augmentation is for recipes that featurise whole clips"
+        )
+    preset = get_preset(
+        cfg.frontend.preset, sample_rate=cfg.data.sample_rate, n_mels=cfg.frontend.n_mels
+    )
+    try:
+        check_mel_range_jitter(preset, jitter)
+    except ValueError as e:
+        raise ConfigError(f"{e} (frontend.preset={cfg.frontend.preset})") from None
+
+
 def build_run(cfg: Config, resume: bool) -> Run:
     """Everything a run needs, resumed from its last checkpoint when asked (or restarted)."""
     state = init_distributed(cfg.train.device, cfg.train.parallel, cfg.train.dist_timeout)
@@ -131,6 +152,7 @@ def build_run(cfg: Config, resume: bool) -> Run:
         raise ConfigError("train.amp=fp16 needs CUDA (loss scaling); use bf16 or none on CPU")
     # decided once (fastspec.backends): bf16 trains in float32 on a CPU without native bf16
     amp = choose_precision(cfg.train.amp, device.type)
+    check_mel_range_jitter_setting(cfg)
     source, dataset, loader_kind = open_data(cfg)
     resolve_counts(cfg, len(dataset))  # global batch and epochs -> this world's step counts
     run_dir, resume = prepare_run_dir(cfg, resume)

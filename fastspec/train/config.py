@@ -90,9 +90,21 @@ class FrontendSettings:
     preset (``maskspec``); None: mean 0, std 1 per bin, announced once."""
     backend: str = "auto"
     """``auto`` (Triton on CUDA, else torch), ``triton``, ``cpp`` or ``torch``."""
+    mel_range_jitter: tuple[int, int] = (0, 0)
+    """Training augmentation of a Kaldi-mel preset, MaskSpec's ``(fmin_aug_range,
+    fmax_aug_range)`` in Hz: each clip's mel banks span ``f_min + U{0..low-1}`` to ``f_max +
+    high // 2 - U{0..high-1}`` (:mod:`fastspec.frontend.mel_range`; the torch backend, one bank
+    per clip); (0, 0): off. The exported front end keeps the preset's range."""
 
     def __post_init__(self):
         check(self.n_mels > 0, "frontend.n_mels", self.n_mels, "must be > 0")
+        check(
+            len(self.mel_range_jitter) == 2
+            and all(int(v) == v >= 0 for v in self.mel_range_jitter),
+            "frontend.mel_range_jitter",
+            self.mel_range_jitter,
+            "must be two whole numbers of Hz >= 0",
+        )
         check(
             self.backend in ("auto", "triton", "cpp", "torch"),
             "frontend.backend",

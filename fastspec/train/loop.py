@@ -37,7 +37,8 @@ import torch
 from fastspec._logging import get_logger
 from fastspec.data import build_loader
 from fastspec.encoder import export_encoder
-from fastspec.masking.clip_rng import ClipRng, clip_keys
+from fastspec.frontend.mel_range import draw_mel_ranges, logmel_mel_range
+from fastspec.masking.clip_rng import ClipRng, clip_keys, uniform_rows
 from fastspec.models.attention import any_padding
 from fastspec.train.build import Run, build_run, make_recipe
 from fastspec.train.checkpoint import gather_state, save_checkpoint
@@ -104,6 +105,14 @@ class Trainer:
         self.health = getattr(run.recipe, "health", None)
         # a recipe that cuts its views from the waveform (ASiT) gets them featurised here
         self.waveform_views = getattr(run.recipe, "waveform_views", None)
+        # MaskSpec's random mel range per clip (checked against the preset by build_run)
+        jitter = tuple(int(v) for v in self.cfg.frontend.mel_range_jitter)
+        self.mel_range_jitter = jitter if any(jitter) else None
+        if self.mel_range_jitter is not None:
+            log.info(
+                f"mel-range augmentation {jitter} Hz: training features on the torch backend, "
+                "one Kaldi filter bank per clip"
+            )
         n_frames = int(run.frontend.num_frames(run.dataset.clip_samples))
         self.flops_per_clip = run.recipe.train_flops_per_clip(n_frames)
         self.peak = peak_flops(self.device, run.amp)
@@ -156,7 +165,14 @@ class Trainer:
                     # [V * B, S'] views cut from the waveform, featurised whole (no lengths)
                     wave = self.waveform_views(wave, lengths if padded else None, rng)
                     lengths, padded = None, False
-                mel = run.frontend(wave, lengths)  # [B or V * B, T, F] float32, no gradient
+                if self.mel_range_jitter is None:
+                    mel = run.frontend(wave, lengths)  # [B or V * B, T, F] float32, no grad
+                else:  # a mel range per clip, drawn from its keyed stream before its masks
+                    u = uniform_rows(rng, (wave.shape[0], 2), self.device)
+                    f_min, f_max = draw_mel_ranges(u, run.frontend.config, self.mel_range_jitter)
+                    mel = logmel_mel_range(
+                        wave, lengths if padded else None, run.frontend.config, f_min, f_max
+                    )
             frame_lengths = run.frontend.num_frames(lengths) if padded else None
             with grad_sync(run.model, self.dist, sync=micro == self.accum - 1):
                 with _autocast(self.device, run.amp):
