@@ -65,3 +65,27 @@ def test_a_foreign_tensor_file_is_not_taken_for_a_checkpoint(tmp_path):
     torch.save({"weight": torch.zeros(2)}, path)  # loads fine, but holds no training state
     with pytest.raises(CheckpointError, match="is not a fastspec checkpoint: no 'step' entry"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path):
+    """Resuming from weights that do not fit (here: a head bias this version does not have, as
+    ATST checkpoints from before its bias-free heads) ends in one line naming the file."""
+    from fastspec.train import apply_override, default_config, pretrain
+    from fastspec.train.checkpoint import list_checkpoints
+
+    cfg = default_config(demo=True)
+    for item in ("data.demo_clips=16", "data.clip_seconds=0.5", "frontend.n_mels=64",
+                 "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2",
+                 "train.batch_size=4", "train.steps=2", "train.ckpt_every=1",
+                 "train.progress=false", f"out={tmp_path / 'run'}"):  # fmt: skip
+        apply_override(cfg, item)
+    pretrain(cfg)
+    _, path = list_checkpoints(tmp_path / "run")[-1]
+    state = torch.load(path, weights_only=True)
+    state["model"]["decoder.pred.extra_bias"] = torch.zeros(3)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        pretrain(cfg, resume=True)
+    message = str(info.value)
+    assert message.startswith(f"{path} does not fit this run's model and optimizer")
+    assert "extra_bias" in message and "\n" not in message

@@ -185,7 +185,7 @@ def build_run(cfg: Config, resume: bool) -> Run:
     if resume:
         _, path = latest_checkpoint(run_dir)
         saved = load_checkpoint(path, map_location="cpu")
-        restore_state(model, optimizer, saved["model"], saved["optimizer"])
+        restore_state(model, optimizer, saved["model"], saved["optimizer"], source=str(path))
         scaler.load_state_dict(saved["scaler"])
         start_step = int(saved["step"])
         clips_seen = int(saved.get("clips_seen", start_step * cfg.effective_batch))

@@ -135,13 +135,28 @@ def gather_state(model, optimizer, fsdp: bool) -> tuple[dict, dict]:
     return get_state_dict(model, optimizer, options=options)
 
 
-def restore_state(model, optimizer, model_state: dict, optim_state: dict) -> None:
+def restore_state(
+    model, optimizer, model_state: dict, optim_state: dict, *, source: str = "the checkpoint"
+) -> None:
     """Load what :func:`gather_state` saved into ``model`` and ``optimizer`` (every rank reads
-    the full checkpoint; FSDP2 keeps its own shard of it)."""
+    the full checkpoint; FSDP2 keeps its own shard of it).
+
+    Raises:
+        CheckpointError: the state does not fit (another recipe, model or fastspec version
+            saved it), in one line naming ``source`` instead of torch's key lists.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     options = StateDictOptions(full_state_dict=True)
-    set_state_dict(
-        model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
-        options=options,
-    )  # fmt: skip
+    try:
+        set_state_dict(
+            model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+            options=options,
+        )  # fmt: skip
+    except (RuntimeError, KeyError, ValueError) as e:
+        what = " ".join(str(e).split())  # torch lists the keys over several lines: one line
+        what = what if len(what) <= 240 else what[:237] + "..."
+        raise CheckpointError(
+            f"{source} does not fit this run's model and optimizer ({type(e).__name__}: "
+            f"{what}); it was saved with other settings or by another fastspec version"
+        ) from None
