@@ -150,6 +150,17 @@ class ProtocolSettings:
 
 # Each protocol's values where they differ from the defaults above; the defaults are the values
 # the references share (blr 1e-3, layer decay 0.75, drop path 0.1) and the folder protocol's.
+# what both ATST-Frame protocols share (the comment above their rows names the sources)
+ATST_FINETUNE = {
+    "batch_size": 512,
+    "blr": 1.0,
+    "warmup_epochs": 5,
+    "weight_decay": 0.0,
+    "mixup_alpha": 10.0,
+    "optimizer": "sgd",
+    "grad_clip": 3.0,
+}
+
 PROTOCOLS: dict[str, ProtocolSettings] = {
     "audioset": ProtocolSettings(
         epochs=60,
@@ -173,28 +184,10 @@ PROTOCOLS: dict[str, ProtocolSettings] = {
     # train_finetune.py, model.py FineTuningPLModule; shell/downtream/finetune/eval_batch.sh:
     # 4 GPUs x 128 clips; lr per 256 clips): SGD momentum 0.9 without weight decay, gradient norm
     # clipped at 3, layer decay 0.75, mixup on every batch with alpha 10, cosine to 1e-6
-    "atst-speechcommands": ProtocolSettings(  # eval_spcv2.sh: lr 1.0, 50 epochs, 5 warm-up
-        epochs=50,
-        batch_size=512,
-        blr=1.0,
-        warmup_epochs=5,
-        weight_decay=0.0,
-        mixup_alpha=10.0,
-        clip_seconds=1.0,
-        optimizer="sgd",
-        grad_clip=3.0,
-    ),
-    "atst-audioset": ProtocolSettings(  # eval_audioset_b.sh: lr 1.0 (first of its sweep), 200 / 5
-        epochs=200,
-        batch_size=512,
-        blr=1.0,
-        warmup_epochs=5,
-        weight_decay=0.0,
-        mixup_alpha=10.0,
-        balanced=True,
-        optimizer="sgd",
-        grad_clip=3.0,
-    ),
+    # eval_spcv2.sh: lr 1.0, 50 epochs, 5 warm-up
+    "atst-speechcommands": ProtocolSettings(**ATST_FINETUNE, epochs=50, clip_seconds=1.0),
+    # eval_audioset_b.sh: lr 1.0 (the first of its sweep), 200 epochs, 5 warm-up
+    "atst-audioset": ProtocolSettings(**ATST_FINETUNE, epochs=200, balanced=True),
 }
 # the data each protocol reads, where its name is not the dataset's (``finetune/tasks.py``)
 PROTOCOL_DATA = {"atst-speechcommands": "speechcommands", "atst-audioset": "audioset"}

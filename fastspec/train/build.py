@@ -127,7 +127,7 @@ def make_recipe(cfg: Config, device: torch.device) -> nn.Module:
 def check_mel_range_jitter_setting(cfg: Config) -> None:
     """``frontend.mel_range_jitter`` against the preset and the recipe: a ConfigError before
     anything is built."""
-    jitter = tuple(int(v) for v in cfg.frontend.mel_range_jitter)
+    jitter = cfg.frontend.mel_range_jitter
     if not any(jitter):
         return
     if hasattr(recipe_spec(cfg.recipe).cls, "waveform_views"):

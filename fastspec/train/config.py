@@ -105,6 +105,7 @@ class FrontendSettings:
             self.mel_range_jitter,
             "must be two whole numbers of Hz >= 0",
         )
+        self.mel_range_jitter = tuple(int(v) for v in self.mel_range_jitter)  # JSON gives a list
         check(
             self.backend in ("auto", "triton", "cpp", "torch"),
             "frontend.backend",

@@ -106,7 +106,7 @@ class Trainer:
         # a recipe that cuts its views from the waveform (ASiT) gets them featurised here
         self.waveform_views = getattr(run.recipe, "waveform_views", None)
         # MaskSpec's random mel range per clip (checked against the preset by build_run)
-        jitter = tuple(int(v) for v in self.cfg.frontend.mel_range_jitter)
+        jitter = self.cfg.frontend.mel_range_jitter
         self.mel_range_jitter = jitter if any(jitter) else None
         if self.mel_range_jitter is not None:
             log.info(
