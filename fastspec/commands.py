@@ -196,6 +196,12 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
         "--mode", choices=["linear", "finetune", "both"], default="linear", help="what to run"
     )
     p.add_argument("--folds", type=int, default=5, help="k of k-fold CV for unsplit data")
+    p.add_argument(
+        "--shots",
+        type=int,
+        help="low-shot: train on K clips per class (unsplit data: --folds draws of K per "
+        "class, each tested on all other clips; split data: K of each split's training clips)",
+    )
     p.add_argument("--out", help="JSON report path (default: eval-<dataset>.json)")
     add_run_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of baselines, folds, fine-tuning")
@@ -232,6 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         val_data=args.val_data,
         folds=args.folds,
         seed=args.seed,
+        shots=args.shots,
     )
     report = evaluate(args.encoder, task, settings)
     default = "eval-" + re.sub(r"[^A-Za-z0-9]+", "-", task.name).strip("-").lower() + ".json"

@@ -216,6 +216,36 @@ def test_kfold_splits_are_stratified_disjoint_and_complete():
         kfold_splits(targets, 1)
 
 
+def test_low_shot_draws_and_subsampled_splits(class_folders, speech_commands, audioset):
+    # cross-validated data: each split is a draw of K clips per class from all clips, tested
+    # on every other clip
+    task = open_task(class_folders, folds=3, shots=3)
+    labels, n = task.labels(), len(task.targets)
+    assert task.protocol.startswith("low-shot, 3 draws of 3 labelled clips per class")
+    assert [s.name for s in task.splits] == ["draw 1", "draw 2", "draw 3"]
+    for split in task.splits:
+        assert np.bincount(labels[split.train]).tolist() == [3, 3, 3]
+        assert sorted(split.train.tolist() + split.test.tolist()) == list(range(n))
+    assert len({tuple(s.train) for s in task.splits}) == 3  # independent draws
+    again = open_task(class_folders, folds=3, shots=3)
+    assert [s.train.tolist() for s in again.splits] == [s.train.tolist() for s in task.splits]
+    other = open_task(class_folders, folds=3, shots=3, seed=1)
+    assert [s.train.tolist() for s in other.splits] != [s.train.tolist() for s in task.splits]
+    with pytest.raises(DataError, match="class 'hum' has 8 clips to draw from, fewer than shots=9"):
+        open_task(class_folders, folds=2, shots=9)
+    # data with their own splits keep them: K clips per class of the training clips
+    full = open_task(f"speechcommands:{speech_commands}").splits[0]
+    (split,) = open_task(f"speechcommands:{speech_commands}", shots=2).splits
+    assert set(split.train) <= set(full.train) and len(split.train) == 6
+    assert np.array_equal(split.test, full.test) and np.array_equal(split.val, full.val)
+    with pytest.raises(DataError, match="test: class 'no' has 5 clips to draw from"):
+        open_task(f"speechcommands:{speech_commands}", shots=6)
+    with pytest.raises(DataError, match="single-label"):
+        open_task(
+            f"audioset:{audioset}/balanced_train_segments.csv?audio={audioset}/audio", shots=1
+        )
+
+
 def test_class_folders(class_folders):
     source = open_class_folders(class_folders)
     assert source.class_names == ["beep", "hum", "whistle"]
@@ -425,3 +455,5 @@ def test_cli_evaluate_errors(tmp_path, class_folders, encoder_dir, capsys):
     (tmp_path / "a.wav").write_bytes(b"")
     assert main(["evaluate", str(encoder_dir), str(tmp_path)]) == 2
     assert "no audio in any subfolder" in capsys.readouterr().err
+    assert main(["evaluate", str(encoder_dir), str(class_folders), "--shots", "9"]) == 2
+    assert "fewer than shots=9" in capsys.readouterr().err

@@ -19,7 +19,8 @@
 ========================================  ===============================================
 
 Every clip of every split is listed once in a :class:`ClipTable`, so embeddings are computed
-once per clip whatever the number of folds; a :class:`Split` holds indices into it.
+once per clip whatever the number of folds; a :class:`Split` holds indices into it. With
+``shots`` (``--shots K``, :meth:`Task.limit_shots`) a single-label task is evaluated low-shot.
 """
 
 from __future__ import annotations
@@ -44,9 +45,18 @@ from fastspec.data.audio import MIN_SECONDS
 from fastspec.data.datasets import open_class_folders
 from fastspec.data.demo import EVENT_KINDS
 from fastspec.evaluate.folders import split_folders
+from fastspec.evaluate.splits import Split, draw_per_class, kfold_splits
 from fastspec.frontend.polyphase import resample
 
-__all__ = ["ClipTable", "Split", "Task", "open_class_folders", "open_labeled", "open_task"]
+__all__ = [
+    "ClipTable",
+    "Split",
+    "Task",
+    "kfold_splits",
+    "open_class_folders",
+    "open_labeled",
+    "open_task",
+]
 
 DATASET_KINDS = ("esc50", "speechcommands", "audioset")
 
@@ -111,16 +121,6 @@ class ClipTable:
 
 
 @dataclass
-class Split:
-    """One train / test round of a protocol: indices into the task's :class:`ClipTable`."""
-
-    name: str  # "fold 1", "test"
-    train: np.ndarray
-    test: np.ndarray
-    val: np.ndarray | None = None  # given by the dataset (Speech Commands), else None
-
-
-@dataclass
 class Task:
     """Labelled clips and the splits of an evaluation protocol.
 
@@ -137,6 +137,7 @@ class Task:
     splits: list[Split]
     data: str = ""  # what the user passed
     notes: list[str] = field(default_factory=list)
+    cross_validation: bool = False  # splits are k-fold CV of the whole data
 
     @property
     def metric(self) -> str:
@@ -150,6 +151,28 @@ class Task:
     def labels(self) -> np.ndarray:
         """[N] class index of each clip (single-label tasks)."""
         return self.targets.argmax(axis=1)
+
+    def limit_shots(self, shots: int, seed: int = 0) -> None:
+        """The low-shot protocol (``--shots``), single-label tasks only. Cross-validated data:
+        each split becomes a draw of ``shots`` clips per class from all the clips, tested on
+        every other clip. Data with their own splits: each split trains on ``shots`` clips per
+        class of its training clips. Draw k uses the stream ``(seed, k)``."""
+        if self.multilabel or shots < 1:
+            raise DataError(f"{self.name}: shots={shots} needs >= 1 and a single-label task")
+        labels, every = self.labels(), np.arange(len(self.targets))
+        for k, split in enumerate(self.splits):
+            pool = every if self.cross_validation else split.train
+            where = f"{self.name} {split.name}"
+            rng = np.random.default_rng([seed, k])
+            split.train = draw_per_class(pool, labels, shots, rng, self.class_names, where)
+            if self.cross_validation:
+                split.name, split.test = f"draw {k + 1}", np.setdiff1d(every, split.train)
+        self.protocol = (
+            f"low-shot, {len(self.splits)} draws of {shots} labelled clips per class, each "
+            f"tested on all other clips (seed {seed})"
+            if self.cross_validation
+            else f"{self.protocol}, {shots} labelled training clips per class"
+        )
 
     def restrict(self, keep: np.ndarray) -> None:
         """Drop from every split the clips with ``keep[i]`` False (files that failed to decode)."""
@@ -198,14 +221,7 @@ def open_demo_task(spec: str, folds: int = 5) -> Task:
         )
     except ValueError as e:
         raise DataError(f"{spec!r}: {e}") from None
-    return _task(
-        "demo",
-        f"stratified {folds}-fold cross-validation (seed {seed})",
-        [source],
-        lambda offsets, targets: kfold_splits(targets, folds, seed),
-        spec,
-        multilabel=False,
-    )
+    return _cross_validated("demo", source, spec, folds, seed, multilabel=False)
 
 
 def _is_dataset_spec(spec: str) -> bool:
@@ -246,30 +262,6 @@ def _merged_targets(sources: Sequence[LabeledSource]) -> tuple[list[str], np.nda
     return class_names, np.concatenate(rows)
 
 
-def kfold_splits(targets: np.ndarray, folds: int, seed: int = 0) -> list[Split]:
-    """Stratified k-fold splits of clips with ``targets`` [N, C]: each class's clips are
-    shuffled (seeded) and dealt round-robin to the folds, so every fold gets its share of every
-    class. Multi-label clips are stratified by their first label."""
-    n = targets.shape[0]
-    if folds < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
-    if n < folds:
-        raise DataError(f"{n} clips cannot be split into {folds} folds")
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(n, dtype=np.int64)
-    primary = targets.argmax(axis=1)
-    next_fold = 0  # continue dealing where the previous class stopped: balances fold sizes
-    for c in np.unique(primary):
-        members = rng.permutation(np.flatnonzero(primary == c))
-        fold_of[members] = (next_fold + np.arange(len(members))) % folds
-        next_fold = (next_fold + len(members)) % folds
-    every = np.arange(n)
-    return [
-        Split(f"fold {k + 1}", train=every[fold_of != k], test=every[fold_of == k])
-        for k in range(folds)
-    ]
-
-
 def _task(name, protocol, sources, splits_of, data, multilabel=None, notes=()) -> Task:
     """Assemble a Task from its sources; ``splits_of(offsets, targets)`` builds the splits."""
     class_names, targets = _merged_targets(sources)
@@ -287,6 +279,18 @@ def _task(name, protocol, sources, splits_of, data, multilabel=None, notes=()) -
         data=data,
         notes=list(notes),
     )
+
+
+def _cross_validated(name, source, data, folds, seed, **kw) -> Task:
+    """Stratified ``folds``-fold cross-validation of one labelled source."""
+    protocol = f"stratified {folds}-fold cross-validation (seed {seed})"
+
+    def splits_of(offsets, targets):
+        return kfold_splits(targets, folds, seed)
+
+    task = _task(name, protocol, [source], splits_of, data, **kw)
+    task.cross_validation = True
+    return task
 
 
 def _range(offsets, k) -> np.ndarray:
@@ -323,6 +327,7 @@ def open_task(
     val_data: str | os.PathLike | None = None,
     folds: int = 5,
     seed: int = 0,
+    shots: int | None = None,
     min_seconds: float = MIN_SECONDS,
 ) -> Task:
     """The evaluation task ``data`` names (table in the module docstring).
@@ -332,9 +337,16 @@ def open_task(
         test_data, val_data: labelled sources (same forms as ``data``) for the test and
             validation clips; with ``test_data`` the protocol is train / (val /) test.
         folds: k of the k-fold cross-validation used when the data bring no split of their own.
-        seed: seed of the k-fold assignment.
+        seed: seed of the k-fold assignment and of the low-shot draws.
+        shots: train on this many clips per class of each split (:meth:`Task.limit_shots`).
     """
-    data = os.fspath(data)
+    task = _open_task(os.fspath(data), test_data, val_data, folds, seed, min_seconds)
+    if shots is not None:
+        task.limit_shots(shots, seed)
+    return task
+
+
+def _open_task(data, test_data, val_data, folds, seed, min_seconds) -> Task:
     opts = {"min_seconds": min_seconds}
     if (data == "demo" or data.startswith("demo:")) and not Path(data).exists():
         if test_data is not None:
@@ -402,13 +414,7 @@ def open_task(
             parts.append(open_class_folders(splits["test"], **opts))
             return _train_val_test(_display_name(data), parts, data)
     source = open_labeled(data, **opts)
-    return _task(
-        _display_name(data),
-        f"stratified {folds}-fold cross-validation (seed {seed})",
-        [source],
-        lambda offsets, targets: kfold_splits(targets, folds, seed),
-        data,
-    )
+    return _cross_validated(_display_name(data), source, data, folds, seed)
 
 
 def _display_name(data: str) -> str:

@@ -54,10 +54,10 @@ ATST_CLIP_PAPER = {
 }
 # the demo keeps the random resize crop in time but not in frequency: on the demo corpus (a few
 # events, each in a narrow band) a crop of 0.6-1 of the mel axis often cuts an event out of one
-# view only, and BYOL then learns to ignore events. Measured (tests/test_demo_learning.py, 2400
-# held-out clips, pretrained minus random init): 1000 steps of 16 clips +3.8 / 0.0 points without
-# it, -5.7 / -8.3 with it (seeds 0 / 1); the CI-length run 60 x 16 is 1.0-2.0 points better
-# without it on every seed.
+# view only, and BYOL then learns to ignore events. Measured (a linear probe with all labels of
+# 2400 held-out demo clips, pretrained minus random init; tests/test_demo_learning.py): 1000
+# steps of 16 clips +3.8 / 0.0 points without it, -5.7 / -8.3 with it (seeds 0 / 1); 60 steps of
+# 16 clips are 1.0-2.0 points better without it on every seed.
 ATST_CLIP_DEMO = {**ATST_DEMO, "atst.crop_seconds": 1.5, "atst.freq_scale": (1.0, 1.0)}
 
 # ==== end of settings ==========================================================================

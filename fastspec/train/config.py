@@ -370,7 +370,7 @@ def default_config(recipe: str = "maskspec", *, demo: bool = True) -> Config:
         cfg.model = ModelConfig(name="vit_mini_patch16")
         cfg.optim = OptimConfig(blr=4e-3, warmup_steps=20, min_lr=1e-5)
         # 120 steps: about a minute on a 2-core AVX2 CPU in float32 (measured, README), where
-        # 250 took 110 s; the loss falls from 1.03 to about 0.52 on the way
+        # 250 took 110 s; maskspec's loss falls from 0.87 (step 10) to about 0.49 on the way
         cfg.train = TrainConfig(steps=120, batch_size=32, log_every=10, ckpt_every=50)
     for key, value in (spec.demo if demo else spec.paper).items():
         set_key(cfg, key, value=value)
